@@ -1,0 +1,105 @@
+"""The R1-Distill prompt format, kept in one place so every stage renders text the same way.
+
+Why this module exists (REFERENCE.md pitfalls 1-3):
+- The official R1-Distill chat template strips everything up to ``</think>`` from assistant turns, so training
+  data rendered through it silently loses its reasoning. Our template keeps the whole assistant turn.
+- The generation prompt pre-fills ``<think>\\n``: generated text does not start with ``<think>``, so the prefill
+  is put back before any format check (:func:`completion_to_response`).
+- The assistant turn ends with the end-of-sentence token, which is also the tokenizer's ``eos_token`` and the
+  generation config's ``eos_token_id``; a student trained on it stops after its answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+USER = "<｜User｜>"
+ASSISTANT = "<｜Assistant｜>"
+PAD = "<｜▁pad▁｜>"
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+THINK_PREFILL = THINK_OPEN + "\n"
+
+SPECIAL_TOKENS = [BOS, EOS, USER, ASSISTANT, PAD]
+ADDED_TOKENS = [THINK_OPEN, THINK_CLOSE]
+
+MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
+
+# R1-Distill layout, with the assistant turn rendered whole (no split on </think>).
+R1_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}" + USER + "{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "{{ message['content'] }}" + EOS +
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + THINK_PREFILL + "{% endif %}"
+)
+
+
+def user_message(problem: str, suffix: str | None = MATH_SUFFIX) -> str:
+    """The R1 protocol puts every instruction in the user turn (no system prompt)."""
+    problem = problem.strip()
+    return f"{problem}\n{suffix}" if suffix else problem
+
+
+def assistant_content(reasoning: str, answer: str) -> str:
+    """The full assistant turn: the think block followed by the visible answer."""
+    return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{answer.strip()}"
+
+
+def completion_to_response(completion: str) -> str:
+    """Put the pre-filled ``<think>\\n`` back in front of a generated completion (pitfall 3)."""
+    if completion.lstrip().startswith(THINK_OPEN):
+        return completion
+    return THINK_PREFILL + completion
+
+
+def split_response(response: str) -> tuple[str | None, str]:
+    """Split a response into (reasoning, answer). Reasoning is None when the think block is not closed."""
+    text = response
+    start = text.find(THINK_OPEN)
+    end = text.find(THINK_CLOSE)
+    if end == -1:
+        return None, ""
+    body_start = start + len(THINK_OPEN) if 0 <= start < end else 0
+    return text[body_start:end].strip(), text[end + len(THINK_CLOSE):].strip()
+
+
+def render_prompt(tokenizer: Any, problem: str, suffix: str | None = MATH_SUFFIX) -> str:
+    """The text a model is given: chat template with the generation prompt (ends in ``<think>\\n``)."""
+    messages = [{"role": "user", "content": user_message(problem, suffix)}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+class TemplateError(ValueError):
+    """The tokenizer's chat template would corrupt training data."""
+
+
+def render_training_pair(tokenizer: Any, problem: str, reasoning: str, answer: str,
+                         suffix: str | None = MATH_SUFFIX) -> tuple[str, str]:
+    """Render one sample as (prompt, completion) text for completion-only SFT.
+
+    The completion is the full rendering minus the prompt rendering. This fails loudly when the template would
+    drop the reasoning (pitfall 2) or when the prompt is not a prefix of the full text, instead of training on
+    corrupted data.
+    """
+    messages = [{"role": "user", "content": user_message(problem, suffix)}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": assistant_content(reasoning, answer)}],
+        tokenize=False,
+    )
+    if reasoning.strip() and reasoning.strip() not in full:
+        raise TemplateError("the chat template drops the reasoning from assistant turns "
+                            "(like the official R1-Distill template); use distill's R1 template")
+    if not full.startswith(prompt):
+        raise TemplateError("the chat template's generation prompt is not a prefix of the rendered assistant turn")
+    completion = full[len(prompt):]
+    eos = tokenizer.eos_token
+    if not eos or not completion.endswith(eos):
+        raise TemplateError(f"the rendered assistant turn does not end with the tokenizer's eos token ({eos!r})")
+    return prompt, completion

@@ -1,0 +1,165 @@
+"""The ``distill`` command line: one group per pipeline stage, plus ``run`` (all stages) and ``demo``.
+
+Every stage command works on a run folder (``--out``) with the layout documented in :mod:`distill.pipeline`, so
+stages can be run one by one or all at once, and rerun after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import DistillError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+app = typer.Typer(help="Distill DeepSeek-R1-style reasoning into small students: teacher -> filter -> student "
+                       "-> eval -> export.", no_args_is_help=True, pretty_exceptions_enable=False,
+                  add_completion=False)
+teacher_app = typer.Typer(help="Teacher stage: generate reasoning traces and filter them.", no_args_is_help=True)
+student_app = typer.Typer(help="Student stage: supervised fine-tuning on the kept traces.", no_args_is_help=True)
+export_app = typer.Typer(help="Closing stage: quantize, export with a model card, push to the Hub.",
+                         no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(student_app, name="student")
+app.add_typer(export_app, name="export")
+
+RecipeArg = Annotated[str, typer.Argument(help="Recipe name in recipes/ or path to a recipe YAML.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder (created if missing).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-s", help="Override a recipe key, e.g. --set teacher.sampling.n=8 (repeatable).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the stage even if its output is complete.")]
+
+
+def _recipe(recipe: str, overrides: list[str] | None):
+    from .config import load_recipe
+
+    return load_recipe(recipe, overrides or [])
+
+
+def _run_stages(recipe: str, out: Path, overrides, force: bool, stages: list[str]) -> None:
+    from .pipeline import run_pipeline
+
+    run_pipeline(_recipe(recipe, overrides), out, force=force, only=stages)
+
+
+@teacher_app.command("generate")
+def teacher_generate(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny"), set_: SetOpt = None,
+                     force: ForceOpt = False) -> None:
+    """Write the recipe's prompts and sample the teacher on them (resumable; RUN/generations/)."""
+    _run_stages(recipe, out, set_, force, ["prompts", "generate"])
+
+
+@teacher_app.command("filter")
+def teacher_filter(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny"), set_: SetOpt = None,
+                   force: ForceOpt = False) -> None:
+    """Check every generation (truncation, think format, math answer, duplicates); RUN/filtered/{kept,rejected}."""
+    _run_stages(recipe, out, set_, force, ["filter"])
+
+
+@student_app.command("train")
+def student_train(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny"), set_: SetOpt = None,
+                  force: ForceOpt = False) -> None:
+    """SFT the recipe's student on RUN/filtered/kept with TRL (completion-only loss); RUN/student/model."""
+    _run_stages(recipe, out, set_, force, ["train"])
+
+
+@app.command("eval")
+def eval_cmd(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny"), set_: SetOpt = None,
+             model: Annotated[Optional[str], typer.Option(help="Evaluate only this model folder or id.")] = None,
+             label: Annotated[str, typer.Option(help="Name for --model in the results.")] = "model",
+             force: ForceOpt = False) -> None:
+    """Score models with the R1 protocol (pass@1 over k samples, cons@k) on the recipe's benchmarks."""
+    if model is None:
+        _run_stages(recipe, out, set_, force, ["eval"])
+        return
+    from .evaluate.run import evaluate
+
+    r = _recipe(recipe, set_)
+    for bench in r.eval.benchmarks:
+        res = evaluate(model, bench, out / "eval" / label / bench.name, name=label)
+        typer.echo(f"{label} on {bench.name}: " + ", ".join(f"{k} {v}" for k, v in res.items()
+                                                             if k not in ("model", "benchmark")))
+
+
+@export_app.command("quantize")
+def export_quantize(model: Annotated[Path, typer.Option(help="A saved model folder.")],
+                    out: OutOpt,
+                    method: Annotated[str, typer.Option(help="bnb-int8 or bnb-nf4.")] = "bnb-int8") -> None:
+    """Quantize a model folder with bitsandbytes; the result reloads quantized with from_pretrained."""
+    from .export.quantize import quantize
+
+    info = quantize(model, out, method)
+    typer.echo(f"{method}: {info['source_size_bytes']:,} -> {info['size_bytes']:,} bytes in {out}")
+
+
+@export_app.command("push")
+def export_push(folder: Annotated[Path, typer.Argument(help="An exported folder (with README.md model card).")],
+                repo_id: Annotated[str, typer.Option(help="Hub repo, e.g. you/R1-Distill-Qwen-1.5B-mine.")],
+                private: Annotated[bool, typer.Option("--private/--public")] = True,
+                dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded where.")] = False
+                ) -> None:
+    """Upload an exported folder to the Hugging Face Hub (token from HF_TOKEN or `hf auth login`)."""
+    from .export.push import push
+
+    res = push(folder, repo_id, private=private, dry_run=dry_run)
+    verb = "would upload" if dry_run else "uploaded"
+    typer.echo(f"{verb} {len(res['files'])} files ({res['bytes']:,} bytes) to "
+               f"https://huggingface.co/{repo_id} ({'private' if private else 'public'})")
+    for name, size in res["files"]:
+        typer.echo(f"  {name}  {size:,}")
+    if not dry_run:
+        typer.echo(f"commit: {res['commit']}")
+
+
+@app.command("run")
+def run_cmd(recipe: RecipeArg, out: OutOpt = Path("runs/run"), set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """Run all stages in order (prompts, generate, filter, train, quantize, eval, export); complete stages are
+    skipped, so a rerun after a crash continues where it stopped."""
+    from .config import load_recipe
+    from .pipeline import run_pipeline
+    from .report import print_report
+
+    report = run_pipeline(load_recipe(recipe, set_ or []), out, force=force)
+    print_report(report)
+    typer.echo(f"report: {out / 'report.json'}")
+
+
+@app.command("demo")
+def demo_cmd(out: OutOpt = Path("runs/demo"), set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """The whole pipeline on the bundled tiny teacher, on the CPU, offline (recipe 'tiny')."""
+    run_cmd("tiny", out, set_, force)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """List the catalog entries (teachers, students, data, eval suites, run recipes)."""
+    from .catalog import KINDS, list_entries
+
+    for kind in KINDS:
+        typer.echo(f"{kind}: {', '.join(list_entries(kind)) or '-'}")
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2; no traceback walls."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        app()
+    except DistillError as exc:
+        from .manifest import redact
+
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

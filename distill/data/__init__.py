@@ -1,0 +1,1 @@
+"""Prompt sources: turn a data recipe into Prompt records."""

@@ -1,0 +1,1 @@
+"""The filter stage: checks on each generation, each rejection with its reason."""

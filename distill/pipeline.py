@@ -1,0 +1,200 @@
+"""The whole pipeline as stage functions over one run folder. ``distill run`` calls them in order.
+
+Run folder layout (every stage writes ``manifest.json`` last; a complete, matching manifest means "skip"):
+
+    RUN/prompts/{train,heldout}/    Prompt records
+    RUN/generations/                teacher samples (Generation records)
+    RUN/filtered/{kept,rejected}/   verdicts
+    RUN/student/init/               the untrained student (for the baseline eval)
+    RUN/student/model/              the trained student, plus loss.png
+    RUN/quantized/                  the quantized student
+    RUN/eval/<label>/<benchmark>/   samples and results.json per model
+    RUN/export/<name>/, <name>-<q>/ Hub-ready folders with model cards
+    RUN/report.json, report.png     the summary
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .catalog import resolve_path
+from .config import ResolvedRecipe
+from .data.prompts import load_prompts
+from .errors import DistillError
+from .manifest import Stage, read_json, write_json_atomic
+from .progress import console
+from .records import Sampling, ShardedJsonlStore, write_jsonl_atomic
+
+STAGES = ("prompts", "generate", "filter", "train", "quantize", "eval", "export")
+
+
+def teacher_model_path(recipe: ResolvedRecipe) -> str:
+    p = resolve_path(recipe.teacher.model)
+    return str(p) if p.exists() else recipe.teacher.model
+
+
+def stage_prompts(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
+    st = Stage("prompts", run / "prompts", recipe.fingerprint("data"), recipe.data.model_dump())
+    if st.is_complete() and not force:
+        return st.manifest()
+    st.begin(force)
+    counts = {}
+    for split in ("train", "heldout"):
+        prompts = load_prompts(recipe.data, split)
+        write_jsonl_atomic(run / "prompts" / split / "shard-00000.jsonl", [p.to_dict() for p in prompts])
+        counts[split] = len(prompts)
+    return st.finish(counts=counts)
+
+
+def _prompts(run: Path, split: str):
+    from .records import Prompt
+
+    return [Prompt.from_dict(r) for r in ShardedJsonlStore(run / "prompts" / split)]
+
+
+def stage_generate(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
+    from .teacher.backends.transformers_backend import TransformersBackend
+    from .teacher.generate import generate_to_store
+
+    t = recipe.teacher
+    st = Stage("generate", run / "generations", recipe.fingerprint("data", "teacher"), t.model_dump())
+    if st.is_complete() and not force:
+        return st.manifest()
+    st.begin(force)
+    backend = TransformersBackend(teacher_model_path(recipe), name=t.name, dtype=t.dtype, batch_size=t.batch_size)
+    sampling = Sampling(**t.sampling.model_dump())
+    counts = generate_to_store(_prompts(run, "train"), backend, sampling, st.folder, description="teacher")
+    return st.finish(inputs={"prompts": str(run / "prompts" / "train"), "teacher": t.model},
+                     counts=counts, tokens=backend.stats)
+
+
+def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
+    from .filter.stage import filter_store
+
+    st = Stage("filter", run / "filtered", recipe.fingerprint("data", "teacher", "filter"),
+               recipe.filter.model_dump())
+    if st.is_complete() and not force:
+        return st.manifest()
+    st.begin(force)
+    counts = filter_store(run / "generations", st.folder, recipe.filter)
+    return st.finish(inputs={"generations": str(run / "generations")}, counts=counts)
+
+
+def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
+    from .student.model import build_student, parameter_count, save_model
+    from .student.train import train_student
+
+    s = recipe.student
+    st = Stage("train", run / "student", recipe.fingerprint("data", "teacher", "filter", "student"), s.model_dump())
+    if st.is_complete() and not force:
+        return st.manifest()
+    st.begin(force)
+    model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
+    save_model(model, tokenizer, st.folder / "init")
+    metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder, sampling=recipe.teacher.sampling)
+    return st.finish(inputs={"kept": str(run / "filtered" / "kept")},
+                     counts={"parameters": parameter_count(model), "examples": metrics["examples"]}, metrics=metrics)
+
+
+def stage_quantize(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
+    from .export.quantize import quantize
+
+    method = recipe.export.quantize
+    st = Stage("quantize", run / "quantized", recipe.fingerprint("data", "teacher", "filter", "student", "export"),
+               {"method": method})
+    if method == "none":
+        return {"skipped": True}
+    if st.is_complete() and not force:
+        return st.manifest()
+    # The model lives in a sibling folder swapped in atomically; the stage folder keeps the manifest.
+    st.begin(force)
+    info = quantize(run / "student" / "model", st.folder / "model", method)
+    return st.finish(inputs={"model": str(run / "student" / "model")}, counts=info)
+
+
+def eval_targets(recipe: ResolvedRecipe, run: Path) -> dict[str, str]:
+    targets = {"teacher": teacher_model_path(recipe), "student_untrained": str(run / "student" / "init"),
+               "student": str(run / "student" / "model")}
+    if recipe.export.quantize != "none":
+        targets["student_quantized"] = str(run / "quantized" / "model")
+    return targets
+
+
+def stage_eval(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
+    from .evaluate.run import evaluate
+
+    st = Stage("eval", run / "eval", recipe.fingerprint(), recipe.eval.model_dump())
+    if st.is_complete() and not force:
+        return st.manifest()
+    st.begin(force)
+    results: dict[str, dict[str, Any]] = {}
+    for label, model_ref in eval_targets(recipe, run).items():
+        for bench in recipe.eval.benchmarks:
+            res = evaluate(model_ref, bench, st.folder / label / bench.name, name=label,
+                           workers=recipe.filter.workers)
+            results.setdefault(label, {})[bench.name] = res
+    return st.finish(results=results)
+
+
+def stage_export(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
+    from .export.card import build_export
+
+    st = Stage("export", run / "export", recipe.fingerprint(), recipe.export.model_dump())
+    if st.is_complete() and not force:
+        return st.manifest()
+    st.begin(force)
+    results = read_json(run / "eval" / "manifest.json")["results"]
+    kept = read_json(run / "filtered" / "manifest.json")["counts"]["kept"]
+    repo_id = recipe.export.repo_id or f"your-username/{recipe.name}-{recipe.student.name}"
+    common = dict(base_model=recipe.student.base, teacher=recipe.teacher.name, licence=recipe.student.licence,
+                  datasets=[recipe.data.name], n_traces=kept,
+                  data_text=f"{kept} traces from `{recipe.teacher.name}` on `{recipe.data.name}` "
+                            f"(prompts: {recipe.data.description or recipe.data.kind}), kept by the filter stage.")
+    folders = {}
+    flat = {label: next(iter(r.values())) for label, r in results.items() if r}
+    main_res = {k: v for k, v in flat.items() if k in ("teacher", "student")}
+    folders["student"] = build_export(run / "student" / "model", st.folder / recipe.student.name,
+                                      repo_id=repo_id, results=main_res, quantization=None, **common)
+    if recipe.export.quantize != "none":
+        q = recipe.export.quantize
+        q_res = {k: v for k, v in flat.items() if k in ("student", "student_quantized")}
+        folders["student_quantized"] = build_export(run / "quantized" / "model",
+                                                    st.folder / f"{recipe.student.name}-{q}", repo_id=f"{repo_id}-{q}",
+                                                    results=q_res, quantization=q, **common)
+    return st.finish(folders={k: str(v) for k, v in folders.items()}, repo_id=repo_id)
+
+
+STAGE_FUNCS: dict[str, Callable[..., dict[str, Any]]] = {
+    "prompts": stage_prompts, "generate": stage_generate, "filter": stage_filter, "train": stage_train,
+    "quantize": stage_quantize, "eval": stage_eval, "export": stage_export,
+}
+
+
+def run_pipeline(recipe: ResolvedRecipe, run: Path, *, force: bool = False,
+                 only: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage in order; a stage whose output is complete for this recipe is skipped."""
+    from .report import build_report
+
+    run.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    for name in STAGES:
+        if only and name not in only:
+            continue
+        start = time.time()
+        manifest = STAGE_FUNCS[name](recipe, run, force=force)
+        took = time.time() - start
+        skipped = took < 1 and manifest.get("status") == "complete" and manifest.get("seconds", 0) > took
+        console.print(f"[bold]{name}[/bold]: {'already complete, skipped' if skipped else f'done in {took:.1f}s'}")
+        seconds[name] = round(manifest.get("seconds", took) if skipped else took, 2)
+    if only:
+        return {"stages": seconds}
+    report = build_report(recipe, run, seconds)
+    write_json_atomic(run / "report.json", report)
+    return report
+
+
+def require(path: Path, what: str) -> None:
+    if not path.exists():
+        raise DistillError(f"{what} not found (run the previous stage first)", where=str(path))

@@ -1,0 +1,1 @@
+"""The student stage: build a student, SFT it on kept traces with TRL."""

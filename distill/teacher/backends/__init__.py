@@ -1,0 +1,1 @@
+"""Teacher backends: each turns prompts into generations; the generate stage owns storage and resume."""
