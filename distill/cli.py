@@ -18,6 +18,11 @@ from .errors import DistillError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Our own progress bars say what matters; the libraries' per-file loading bars and advisories only add noise.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 app = typer.Typer(help="Distill DeepSeek-R1-style reasoning into small students: teacher -> filter -> student "
                        "-> eval -> export.", no_args_is_help=True, pretty_exceptions_enable=False,

@@ -166,25 +166,40 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, dict[str, Any]]:
+def set_path(data: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    """Set ``data[k1][k2]...`` creating mappings as needed; an integer key indexes into a list."""
+    node: Any = data
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise DistillError(f"cannot set {text}: no item {k} in the list", where="--set")
+            k = int(k)
+            if last:
+                node[k] = value
+            else:
+                node = node[k]
+            continue
+        if not isinstance(node, dict):
+            raise DistillError(f"cannot set {text}: '{keys[i - 1]}' is not a mapping", where="--set")
+        if last:
+            node[k] = value
+        else:
+            if node.get(k) is None:
+                node[k] = {}
+            node = node[k]
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, list[tuple[list[str], Any, str]]]:
     """Apply ``--set`` overrides in place. Overrides into a catalog reference (``teacher.sampling.n=8`` where
-    ``teacher: tiny-arith``) are returned per kind, to be merged into that entry when it is loaded."""
-    per_entry: dict[str, dict[str, Any]] = {}
+    ``teacher: tiny-arith``) are returned per kind, to be applied to that entry when it is loaded."""
+    per_entry: dict[str, list[tuple[list[str], Any, str]]] = {}
     for text in overrides or []:
         keys, value = parse_override(text)
         if len(keys) > 1 and keys[0] in CATALOG_KIND and isinstance(data.get(keys[0]), str):
-            node = per_entry.setdefault(keys[0], {})
-            keys = keys[1:]
+            per_entry.setdefault(keys[0], []).append((keys[1:], value, text))
         else:
-            node = data
-        for k in keys[:-1]:
-            child = node.get(k)
-            if child is None:
-                child = node[k] = {}
-            if not isinstance(child, dict):
-                raise DistillError(f"cannot set {text.partition('=')[0]}: '{k}' is not a mapping", where="--set")
-            node = child
-        node[keys[-1]] = value
+            set_path(data, keys, value, text)
     return per_entry
 
 
@@ -198,7 +213,7 @@ def _validate(model: type[Strict], data: dict[str, Any], where: str) -> Any:
         raise DistillError(f"key '{key}': {err['msg']}{more}", where=where) from None
 
 
-def load_entry(kind: str, ref: str | dict[str, Any], overrides: dict[str, Any] | None = None) -> Any:
+def load_entry(kind: str, ref: str | dict[str, Any], overrides: list[tuple[list[str], Any, str]] | None = None) -> Any:
     """Load one catalog entry (``kind`` in data/teacher/student/eval) by name, path or inline mapping."""
     folder, model = CATALOG_KIND[kind]
     if isinstance(ref, str):
@@ -207,16 +222,9 @@ def load_entry(kind: str, ref: str | dict[str, Any], overrides: dict[str, Any] |
         data.setdefault("name", path.stem)
     else:
         data, where = dict(ref), f"<inline {kind}>"
-    if overrides:
-        data = _deep_merge(data, overrides)
+    for keys, value, text in overrides or []:
+        set_path(data, keys, value, text)
     return _validate(model, data, where)
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 class ResolvedRecipe(BaseModel):

@@ -30,6 +30,20 @@ from .records import Sampling, ShardedJsonlStore, write_jsonl_atomic
 STAGES = ("prompts", "generate", "filter", "train", "quantize", "eval", "export")
 
 
+PREVIOUS_COMMAND = {"prompts": "distill teacher generate", "generations": "distill teacher generate",
+                    "filtered": "distill teacher filter", "student": "distill student train",
+                    "quantized": "distill run", "eval": "distill eval"}
+
+
+def need(folder: Path) -> None:
+    """A stage reads only complete output of the stage before it; anything else is one clear error."""
+    manifest = folder / "manifest.json"
+    if not manifest.exists() or read_json(manifest).get("status") != "complete":
+        state = "is incomplete" if folder.exists() else "not found"
+        raise DistillError(f"input {state}: run `{PREVIOUS_COMMAND.get(folder.name, 'distill run')}` first",
+                           where=str(folder))
+
+
 def teacher_model_path(recipe: ResolvedRecipe) -> str:
     p = resolve_path(recipe.teacher.model)
     return str(p) if p.exists() else recipe.teacher.model
@@ -62,6 +76,7 @@ def stage_generate(recipe: ResolvedRecipe, run: Path, force: bool = False) -> di
     st = Stage("generate", run / "generations", recipe.fingerprint("data", "teacher"), t.model_dump())
     if st.is_complete() and not force:
         return st.manifest()
+    need(run / "prompts")
     st.begin(force)
     backend = TransformersBackend(teacher_model_path(recipe), name=t.name, dtype=t.dtype, batch_size=t.batch_size)
     sampling = Sampling(**t.sampling.model_dump())
@@ -77,6 +92,7 @@ def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
                recipe.filter.model_dump())
     if st.is_complete() and not force:
         return st.manifest()
+    need(run / "generations")
     st.begin(force)
     counts = filter_store(run / "generations", st.folder, recipe.filter)
     return st.finish(inputs={"generations": str(run / "generations")}, counts=counts)
@@ -90,6 +106,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
     st = Stage("train", run / "student", recipe.fingerprint("data", "teacher", "filter", "student"), s.model_dump())
     if st.is_complete() and not force:
         return st.manifest()
+    need(run / "filtered")
     st.begin(force)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
     save_model(model, tokenizer, st.folder / "init")
@@ -108,7 +125,7 @@ def stage_quantize(recipe: ResolvedRecipe, run: Path, force: bool = False) -> di
         return {"skipped": True}
     if st.is_complete() and not force:
         return st.manifest()
-    # The model lives in a sibling folder swapped in atomically; the stage folder keeps the manifest.
+    need(run / "student")
     st.begin(force)
     info = quantize(run / "student" / "model", st.folder / "model", method)
     return st.finish(inputs={"model": str(run / "student" / "model")}, counts=info)
@@ -128,6 +145,9 @@ def stage_eval(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[s
     st = Stage("eval", run / "eval", recipe.fingerprint(), recipe.eval.model_dump())
     if st.is_complete() and not force:
         return st.manifest()
+    need(run / "student")
+    if recipe.export.quantize != "none":
+        need(run / "quantized")
     st.begin(force)
     results: dict[str, dict[str, Any]] = {}
     for label, model_ref in eval_targets(recipe, run).items():
@@ -144,6 +164,7 @@ def stage_export(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
     st = Stage("export", run / "export", recipe.fingerprint(), recipe.export.model_dump())
     if st.is_complete() and not force:
         return st.manifest()
+    need(run / "eval")
     st.begin(force)
     results = read_json(run / "eval" / "manifest.json")["results"]
     kept = read_json(run / "filtered" / "manifest.json")["counts"]["kept"]
@@ -195,6 +216,3 @@ def run_pipeline(recipe: ResolvedRecipe, run: Path, *, force: bool = False,
     return report
 
 
-def require(path: Path, what: str) -> None:
-    if not path.exists():
-        raise DistillError(f"{what} not found (run the previous stage first)", where=str(path))
