@@ -56,9 +56,58 @@ def _run_stages(recipe: str, out: Path, overrides, force: bool, stages: list[str
 
 @teacher_app.command("generate")
 def teacher_generate(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny"), set_: SetOpt = None,
-                     force: ForceOpt = False) -> None:
+                     force: ForceOpt = False,
+                     shard: Annotated[Optional[str], typer.Option(
+                         help="Only shard i of n (e.g. 0/4), for one data-parallel replica; join with "
+                              "`distill teacher merge`.")] = None) -> None:
     """Write the recipe's prompts and sample the teacher on them (resumable; RUN/generations/)."""
-    _run_stages(recipe, out, set_, force, ["prompts", "generate"])
+    from .pipeline import stage_generate, stage_prompts
+    from .teacher.shard import parse_shard
+
+    r = _recipe(recipe, set_)
+    part = parse_shard(shard) if shard else None
+    stage_prompts(r, out)
+    m = stage_generate(r, out, force=force, shard=part)
+    typer.echo(f"generations: {m['counts'].get('samples_total')} samples in {m.get('seconds')}s -> "
+               f"{out / ('generations' if part is None else f'generations-parts/{part[0]}-of-{part[1]}')}")
+
+
+@teacher_app.command("merge")
+def teacher_merge(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny"),
+                  shards: Annotated[int, typer.Option(help="How many shards were generated.")] = 1,
+                  set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """Join the outputs of `teacher generate --shard i/n` (all n complete) into RUN/generations."""
+    from .pipeline import stage_merge
+
+    m = stage_merge(_recipe(recipe, set_), out, shards, force=force)
+    typer.echo(f"merged {shards} shards: {m['counts']['samples_total']} samples")
+
+
+@teacher_app.command("import")
+def teacher_import(fmt: Annotated[str, typer.Argument(help="openr1-math, openthoughts, bespoke-stratos or s1k.")],
+                   source: Annotated[str, typer.Argument(help="A local .jsonl/.parquet file or a Hub dataset id.")],
+                   out: OutOpt = Path("runs/imported"),
+                   split: Annotated[str, typer.Option(help="Dataset split (Hub ids).")] = "train",
+                   limit: Annotated[Optional[int], typer.Option(help="Import at most this many rows.")] = None) -> None:
+    """Import published traces into RUN/generations, ready for `teacher filter` and `student train`."""
+    from .manifest import Stage
+    from .records import ShardedJsonlStore
+    from .data.importers import import_traces
+
+    st = Stage("generate", out / "generations", f"import:{fmt}:{source}:{split}:{limit}",
+               {"format": fmt, "source": source, "split": split, "limit": limit})
+    st.begin(force=True)
+    with ShardedJsonlStore(st.folder) as store:
+        n = 0
+        batch = []
+        for gen in import_traces(fmt, source, split, limit):
+            batch.append(gen.to_dict())
+            if len(batch) >= 1000:
+                n += store.append(batch)
+                batch.clear()
+        n += store.append(batch)
+    st.finish(inputs={"source": source}, counts={"samples_total": n})
+    typer.echo(f"imported {n} traces from {source} ({fmt}) -> {st.folder}")
 
 
 @teacher_app.command("filter")

@@ -46,13 +46,52 @@ class DataConfig(Strict):
     description: str = ""
 
 
+class VLLMConfig(Strict):
+    """Arguments for ``vllm.LLM`` (see distill/teacher/backends/vllm_backend.py for the mapping)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    enable_expert_parallel: bool = False
+    quantization: str | None = Field(None, description="e.g. fp8; R1's weights already ship in FP8")
+    kv_cache_dtype: str | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    gpu_memory_utilization: float = Field(0.90, gt=0, le=1)
+    enable_prefix_caching: bool = True
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    seed: int = 0
+
+
+class PricingConfig(Strict):
+    """USD per 1M tokens; defaults are DeepSeek-R1 list prices."""
+    input: float = Field(0.55, ge=0)
+    input_cache_hit: float = Field(0.14, ge=0)
+    output: float = Field(2.19, ge=0)
+
+
+class HttpConfig(Strict):
+    """An OpenAI-compatible endpoint: the DeepSeek API, or a vLLM / SGLang server."""
+    base_url: str
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="name of the env var holding the key; null: none")
+    max_in_flight: int = Field(1000, ge=1)
+    timeout_s: float = Field(600.0, gt=0)
+    max_retries: int = Field(8, ge=0)
+    rpm: float | None = None
+    tpm: float | None = None
+    split_n: bool = Field(False, description="one request per sample, for APIs without n (DeepSeek)")
+    pricing: PricingConfig = PricingConfig()
+
+
 class TeacherConfig(Strict):
     name: str = "teacher"
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
     model: str
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: int = Field(32, ge=1)
     sampling: SamplingConfig = SamplingConfig()
+    vllm: VLLMConfig = VLLMConfig()
+    http: HttpConfig | None = None
     hardware: str = ""
     description: str = ""
 

@@ -31,6 +31,7 @@ STAGES = ("prompts", "generate", "filter", "train", "quantize", "eval", "export"
 
 
 PREVIOUS_COMMAND = {"prompts": "distill teacher generate", "generations": "distill teacher generate",
+                    "generations-parts": "distill teacher generate --shard",
                     "filtered": "distill teacher filter", "student": "distill student train",
                     "quantized": "distill run", "eval": "distill eval"}
 
@@ -68,21 +69,54 @@ def _prompts(run: Path, split: str):
     return [Prompt.from_dict(r) for r in ShardedJsonlStore(run / "prompts" / split)]
 
 
-def stage_generate(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
-    from .teacher.backends.transformers_backend import TransformersBackend
+def stage_generate(recipe: ResolvedRecipe, run: Path, force: bool = False,
+                   shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Sample the teacher on the train prompts. With ``shard=(i, n)`` only prompts of shard i go to
+    ``RUN/generations-parts/i-of-n/`` (one replica of a data-parallel run); ``stage_merge`` joins the parts."""
+    from .teacher.backends.factory import backend_stats, make_backend
     from .teacher.generate import generate_to_store
+    from .teacher.shard import select_shard
 
     t = recipe.teacher
-    st = Stage("generate", run / "generations", recipe.fingerprint("data", "teacher"), t.model_dump())
+    folder = run / "generations" if shard is None else run / "generations-parts" / f"{shard[0]}-of-{shard[1]}"
+    st = Stage("generate", folder, recipe.fingerprint("data", "teacher"), t.model_dump())
     if st.is_complete() and not force:
         return st.manifest()
     need(run / "prompts")
+    prompts = _prompts(run, "train")
+    if shard is not None:
+        prompts = select_shard(prompts, *shard)
     st.begin(force)
-    backend = TransformersBackend(teacher_model_path(recipe), name=t.name, dtype=t.dtype, batch_size=t.batch_size)
+    backend = make_backend(t, teacher_model_path(recipe))
     sampling = Sampling(**t.sampling.model_dump())
-    counts = generate_to_store(_prompts(run, "train"), backend, sampling, st.folder, description="teacher")
-    return st.finish(inputs={"prompts": str(run / "prompts" / "train"), "teacher": t.model},
-                     counts=counts, tokens=backend.stats)
+    counts = generate_to_store(prompts, backend, sampling, st.folder, description="teacher")
+    if counts["prompts_missing"]:
+        raise DistillError(f"{counts['prompts_missing']} prompts failed ({backend_stats(backend)}); "
+                           "rerun the same command to retry only those", where=str(st.folder))
+    return st.finish(inputs={"prompts": str(run / "prompts" / "train"), "teacher": t.model, "shard": shard},
+                     counts=counts, tokens=backend_stats(backend))
+
+
+def stage_merge(recipe: ResolvedRecipe, run: Path, n_shards: int, force: bool = False) -> dict[str, Any]:
+    """Join the n complete shard outputs into ``RUN/generations`` (by id: rerunnable, never duplicating)."""
+    from .teacher.shard import merge_stores
+
+    st = Stage("generate", run / "generations", recipe.fingerprint("data", "teacher"), recipe.teacher.model_dump())
+    if st.is_complete() and not force:
+        return st.manifest()
+    parts = [run / "generations-parts" / f"{i}-of-{n_shards}" for i in range(n_shards)]
+    for part in parts:
+        need(part)
+    st.begin(force)
+    written = merge_stores(parts, st.folder)
+    tokens: dict[str, float] = {}
+    for part in parts:
+        for k, v in read_json(part / "manifest.json").get("tokens", {}).items():
+            if isinstance(v, (int, float)):
+                tokens[k] = tokens.get(k, 0) + v
+    total = ShardedJsonlStore(st.folder).count()
+    return st.finish(inputs={"parts": [str(p) for p in parts]},
+                     counts={"shards": n_shards, "samples_written": written, "samples_total": total}, tokens=tokens)
 
 
 def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:

@@ -31,9 +31,11 @@ def generate_to_store(prompts: list[Prompt], backend: Any, sampling: Sampling, o
             for group in backend.generate(todo, replace(sampling)):
                 fresh = [g.to_dict() for g in group if g.id not in existing]
                 written += store.append(fresh)
-                cost = getattr(backend, "stats", {}).get("cost_usd")
+                cost = getattr(getattr(backend, "stats", None), "cost_usd", None)
                 bar.advance(1, tokens=sum(g.completion_tokens for g in group), cost=cost)
     finally:
         store.close()
-    return {"prompts": len(prompts), "prompts_resumed": resumed, "samples_written": written,
-            "samples_total": store.count()}
+    done = Counter(rec["prompt_id"] for rec in store)
+    missing = sum(1 for p in prompts if done.get(p.id, 0) < sampling.n)
+    return {"prompts": len(prompts), "prompts_resumed": resumed, "prompts_missing": missing,
+            "samples_written": written, "samples_total": sum(done.values())}

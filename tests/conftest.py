@@ -1,0 +1,38 @@
+"""Shared fixtures: one small end-to-end run of the real pipeline, reused by the tests that inspect its output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_TEACHER = ROOT / "teachers" / "tiny-arith"
+
+# A small slice of the demo recipe: enough to exercise every stage for real in about a minute.
+SMALL_RUN = [
+    "--set", "data.train_size=96", "--set", "data.heldout_size=24",
+    "--set", "teacher.sampling.n=2",
+    "--set", "student.train.num_train_epochs=3",
+    "--set", "eval.benchmarks.0.k=2",
+]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bool = False):
+    """Run the real CLI in a subprocess (as a user would), returning CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"CLI failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    run_cli("run", "tiny", "--out", str(out), *SMALL_RUN, check=True, timeout=900)
+    return out

@@ -1,0 +1,53 @@
+"""The R1-Distill chat template: prefill, reasoning kept in training text (pitfall 2), EOS at the end (pitfall 1)."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from distill.chat_template import (EOS, MATH_SUFFIX, R1_CHAT_TEMPLATE, TemplateError, render_prompt,
+                                   render_training_pair)
+from tests.conftest import TINY_TEACHER
+
+# The official R1-Distill template's assistant branch, which deletes the reasoning: content.split('</think>')[-1].
+STRIPPING_TEMPLATE = R1_CHAT_TEMPLATE.replace(
+    "{{ message['content'] }}" + EOS,
+    "{% set content = message['content'] %}{% if '</think>' in content %}"
+    "{% set content = content.split('</think>')[-1] %}{% endif %}{{ content }}" + EOS)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(TINY_TEACHER)
+
+
+def test_prompt_prefills_think_and_has_no_system_prompt(tokenizer):
+    text = render_prompt(tokenizer, "What is 2 + 2?")
+    assert text.endswith("<｜Assistant｜><think>\n")
+    assert text == f"<｜begin▁of▁sentence｜><｜User｜>What is 2 + 2?\n{MATH_SUFFIX}<｜Assistant｜><think>\n"
+
+
+def test_training_pair_keeps_reasoning_and_ends_with_eos(tokenizer):
+    prompt, completion = render_training_pair(tokenizer, "What is 2 + 2?", "2 + 2 = 4.", "\\boxed{4}")
+    assert prompt.endswith("<think>\n")
+    assert completion == "2 + 2 = 4.\n</think>\n\n\\boxed{4}" + tokenizer.eos_token
+    # Token by token: the completion tokens decode back to the same text, EOS last.
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    assert ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids) == completion
+
+
+def test_stripping_template_is_refused(tokenizer):
+    tokenizer = AutoTokenizer.from_pretrained(TINY_TEACHER)
+    tokenizer.chat_template = STRIPPING_TEMPLATE
+    with pytest.raises(TemplateError, match="drops the reasoning"):
+        render_training_pair(tokenizer, "What is 2 + 2?", "2 + 2 = 4.", "\\boxed{4}")
+
+
+def test_generation_config_eos_matches_template(tokenizer):
+    from transformers import GenerationConfig
+
+    gc = GenerationConfig.from_pretrained(TINY_TEACHER)
+    eos = gc.eos_token_id if isinstance(gc.eos_token_id, list) else [gc.eos_token_id]
+    assert tokenizer.eos_token == EOS and tokenizer.eos_token_id in eos
+    assert gc.temperature == 0.6 and gc.top_p == 0.95

@@ -1,0 +1,86 @@
+"""The CLI end to end on a small slice: every stage runs for real, the report and the export are complete, and a
+rerun skips the finished stages."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from distill.records import ShardedJsonlStore
+from tests.conftest import SMALL_RUN, run_cli
+
+
+def test_report_has_every_figure(small_run):
+    report = json.loads((small_run / "report.json").read_text())
+    for label in ("teacher", "student_untrained", "student", "student_quantized"):
+        assert 0 <= report[label]["pass@1"] <= 100, label
+    f = report["filter"]
+    assert f["generated"] == 96 * 2
+    assert f["kept"] + sum(f["rejected"].values()) == f["generated"]
+    assert f["rejected"], "the tiny teacher is sometimes wrong, so something must be rejected"
+    assert set(report["stages"]) == {"prompts", "generate", "filter", "train", "quantize", "eval", "export"}
+    assert (small_run / "report.png").stat().st_size > 1000
+
+
+def test_every_rejection_keeps_its_reason(small_run):
+    rejected = list(ShardedJsonlStore(small_run / "filtered" / "rejected"))
+    assert rejected and all(r["reject_reason"] and not r["kept"] for r in rejected)
+    for r in rejected:
+        failed = [c for c in r["checks"].values() if not c["passed"]]
+        assert failed[0]["reason"] == r["reject_reason"]
+
+
+def test_manifests_record_config_versions_and_counts(small_run):
+    m = json.loads((small_run / "generations" / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["config"]["sampling"]["n"] == 2
+    assert m["versions"]["transformers"] and m["versions"]["torch"]
+    assert m["counts"]["samples_total"] == 192 and m["tokens"]["completion_tokens"] > 0
+
+
+def test_export_folder_is_hub_ready(small_run):
+    report = json.loads((small_run / "report.json").read_text())
+    export = small_run / "export" / "tiny-arith-student"
+    assert report["export_dir"] == str(export)
+    names = {p.name for p in export.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+            "tokenizer_config.json", "README.md"} <= names
+    gen = json.loads((export / "generation_config.json").read_text())
+    assert gen["temperature"] == 0.6 and gen["top_p"] == 0.95 and gen["do_sample"] is True
+    card = (export / "README.md").read_text()
+    assert "license: apache-2.0" in card and "pass@1" in card and str(report["student"]["pass@1"]) in card
+    assert "<think>" in card or "think" in card
+    tok = json.loads((export / "tokenizer_config.json").read_text())
+    assert "chat_template" in tok or (export / "chat_template.jinja").exists()
+
+
+def test_quantized_student_is_int8_and_loads(small_run):
+    from transformers import AutoModelForCausalLM
+
+    qdir = small_run / "export" / "tiny-arith-student-bnb-int8"
+    cfg = json.loads((qdir / "config.json").read_text())
+    assert cfg["quantization_config"]["load_in_8bit"] is True
+    model = AutoModelForCausalLM.from_pretrained(qdir, device_map="cpu")
+    assert type(model.model.layers[0].mlp.up_proj).__name__ == "Linear8bitLt"
+    full = (small_run / "export" / "tiny-arith-student" / "model.safetensors").stat().st_size
+    assert (qdir / "model.safetensors").stat().st_size < full
+
+
+def test_push_dry_run_on_export(small_run):
+    proc = run_cli("export", "push", str(small_run / "export" / "tiny-arith-student"), "--repo-id", "me/tiny",
+                   "--dry-run", env={"HF_TOKEN": "hf_DONOTLEAK_1234567890"})
+    assert proc.returncode == 0 and "README.md" in proc.stdout and "model.safetensors" in proc.stdout
+    assert "hf_DONOTLEAK" not in proc.stdout + proc.stderr
+
+
+def test_rerun_skips_complete_stages(small_run):
+    start = time.time()
+    proc = run_cli("run", "tiny", "--out", str(small_run), *SMALL_RUN)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("already complete, skipped") == 7
+    assert time.time() - start < 60
+
+
+def test_changed_recipe_refuses_to_mix_outputs(small_run):
+    proc = run_cli("teacher", "generate", "tiny", "--out", str(small_run), *SMALL_RUN,
+                   "--set", "teacher.sampling.temperature=0.7")
+    assert proc.returncode == 2 and "different config" in proc.stderr

@@ -1,0 +1,63 @@
+"""The student's training text keeps the reasoning, the loss mask covers the completion only (token by token),
+and a trained student stops after its answer (REFERENCE.md pitfalls 1 and 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.config import StudentConfig
+from distill.records import ShardedJsonlStore
+from distill.student.model import build_student
+from tests.conftest import TINY_TEACHER
+
+
+def test_completion_mask_token_by_token(tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from distill.chat_template import render_training_pair
+
+    cfg = StudentConfig(init_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                     "num_attention_heads": 2, "num_key_value_heads": 1})
+    model, tok = build_student(cfg, str(TINY_TEACHER))
+    prompt, completion = render_training_pair(tok, "Mia has 3 apples. She buys 2 more.",
+                                              "Mia starts with 3 apples.\n3 + 2 = 5.", "The answer is \\boxed{5}.")
+    args = SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, report_to="none", use_cpu=True,
+                     eos_token=tok.eos_token, pad_token=tok.pad_token, max_length=256)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tok,
+                         train_dataset=Dataset.from_list([{"prompt": prompt, "completion": completion}]))
+    row = trainer.train_dataset[0]
+    ids, mask = row["input_ids"], row["completion_mask"]
+    learned = [t for t, m in zip(ids, mask) if m]
+    ignored = [t for t, m in zip(ids, mask) if not m]
+    assert tok.decode(ignored) == prompt
+    assert tok.decode(learned) == completion
+    assert "Mia starts with 3 apples." in tok.decode(learned) and learned[-1] == tok.eos_token_id
+    batch = trainer.data_collator([row])
+    labels = batch["labels"][0].tolist()
+    assert all(l == -100 for l, m in zip(labels, mask) if not m)
+    assert [l for l, m in zip(labels, mask) if m] == learned
+
+
+def test_trained_student_stops_and_learned(small_run):
+    report = json.loads((small_run / "report.json").read_text())
+    assert report["student"]["stopped_fraction"] >= 0.9, report["student"]
+    samples = list(ShardedJsonlStore(small_run / "eval" / "student" / "tiny-arith-heldout" / "samples"))
+    assert sum(s["finish_reason"] == "stop" for s in samples) / len(samples) >= 0.9
+    gen_cfg = json.loads((small_run / "student" / "model" / "generation_config.json").read_text())
+    tok_cfg = json.loads((small_run / "student" / "model" / "tokenizer_config.json").read_text())
+    assert tok_cfg["eos_token"] == "<｜end▁of▁sentence｜>"
+    from transformers import AutoTokenizer
+
+    eos_id = AutoTokenizer.from_pretrained(small_run / "student" / "model").eos_token_id
+    assert gen_cfg["eos_token_id"] in (eos_id, [eos_id])
+    assert report["student"]["pass@1"] > report["student_untrained"]["pass@1"]
+
+
+def test_training_text_carries_the_reasoning(small_run):
+    kept = list(ShardedJsonlStore(small_run / "filtered" / "kept"))
+    assert kept and all(k["reasoning"] for k in kept)
+    loss_png = small_run / "student" / "loss.png"
+    assert loss_png.exists() and loss_png.stat().st_size > 1000
