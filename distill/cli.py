@@ -213,6 +213,14 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug, not bad input: one line, traceback on request
+        if os.environ.get("DISTILL_DEBUG"):
+            raise
+        from .manifest import redact
+
+        print(f"error: internal error {exc.__class__.__name__}: {redact(str(exc))[:500]} "
+              "(rerun with DISTILL_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

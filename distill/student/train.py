@@ -49,7 +49,8 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
     dataset = Dataset.from_list(rows)
     args = SFTConfig(
         output_dir=str(out_dir / "checkpoints"), learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type, warmup_ratio=t.warmup_ratio, num_train_epochs=t.num_train_epochs,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
         max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, packing=t.packing,
