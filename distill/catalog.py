@@ -27,6 +27,22 @@ def resolve_path(ref: str) -> Path:
     return project_root() / p
 
 
+LOCAL_PREFIXES = ("/", "./", "../", "~") + tuple(f"{k}/" for k in KINDS)
+
+
+def model_ref(ref: str) -> str:
+    """A model reference as loaders should see it: an existing local folder (absolute path), else a Hub id.
+
+    References that are clearly paths (absolute, relative, or inside a catalog folder such as ``teachers/``) but do
+    not exist fail at once, instead of being tried on the Hub with network retries."""
+    p = resolve_path(ref)
+    if p.exists():
+        return str(p)
+    if ref.startswith(LOCAL_PREFIXES) or ref.count("/") > 1:
+        raise DistillError("model folder not found", where=ref)
+    return ref
+
+
 def find_entry(kind: str, ref: str) -> Path:
     """A path to a YAML file, or the name of an entry in the ``kind`` catalog."""
     p = Path(ref)

@@ -96,6 +96,89 @@ class TeacherConfig(Strict):
     description: str = ""
 
 
+from pydantic import model_validator  # noqa: E402 - used by the filter sub-configs below
+
+
+class QualityConfig(Strict):
+    """Quality filters on the reasoning (R1 paper: language mixing, long paragraphs, code blocks; the field:
+    repetition loops). ``null`` turns a threshold off."""
+    max_foreign_script_share: float | None = Field(0.1, ge=0, le=1, description="reasoning letters in scripts "
+                                                   "other than the prompt's (Latin/CJK/Cyrillic/...)")
+    min_foreign_chars: int = Field(20, ge=0, description="ignore fewer foreign letters than this (a quoted name)")
+    max_paragraph_chars: int | None = Field(3000, ge=1)
+    reject_code_blocks: bool = Field(True, description="``` fences in the reasoning of non-code prompts")
+    repetition_ngram: int = Field(10, ge=2)
+    max_repeated_ngram_share: float | None = Field(0.3, ge=0, le=1)
+    max_repeated_line_share: float | None = Field(0.3, ge=0, le=1)
+    min_lines: int = Field(10, ge=1, description="the line check needs at least this many lines")
+
+
+class PromptDedupConfig(Strict):
+    """Duplicate prompts: the first keeps its samples, later ones are rejected as near_duplicate_prompt."""
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(0.9, gt=0, le=1, description="Jaccard similarity of word shingles (MinHash)")
+    shingle: int = Field(3, ge=1, description="words per shingle")
+    num_perm: int = Field(128, ge=16)
+    seed: int = 0
+
+
+class DecontamSource(Strict):
+    """A benchmark to decontaminate against: a local JSONL/JSON/Parquet ``path``, or ``hf_id`` (+config/split)."""
+    name: str
+    path: str | None = None
+    hf_id: str | None = None
+    config: str | None = None
+    split: str = "test"
+    field: str = "problem"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DecontamSource":
+        if bool(self.path) == bool(self.hf_id):
+            raise ValueError("give exactly one of path or hf_id")
+        return self
+
+
+class DecontamConfig(Strict):
+    """Word n-gram overlap with benchmarks (names: aime24, aime25, math500, gpqa_diamond, livecodebench)."""
+    benchmarks: list[str | DecontamSource] = Field(default_factory=list)
+    ngram: int = Field(8, ge=1)
+
+
+class SelectionConfig(Strict):
+    """At most k correct samples per prompt: all (no cap), shortest (fewest tokens) or random (seeded)."""
+    strategy: Literal["all", "shortest", "random"] = "all"
+    k: int = Field(4, ge=1)
+    seed: int = 0
+
+
+class CodeCheckConfig(Strict):
+    """Code samples run against their tests in the sandbox (distill.verify.code)."""
+    threshold: float = Field(1.0, ge=0, le=1, description="pass rate a sample needs to be kept")
+    workers: int = Field(0, ge=0, description="concurrent sandboxes; 0 = one per core")
+    test_timeout_s: float = Field(4.0, gt=0)
+    memory_mb: int = Field(512, ge=64)
+    stop_on_first_failure: bool = Field(False, description="faster, but the recorded pass rate is then a lower "
+                                        "bound for failing samples")
+
+
+class JudgeConfig(Strict):
+    """Optional LLM judge (OpenAI-compatible endpoint) for samples rejected as wrong_answer/unparsable_answer."""
+    enabled: bool = False
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    workers: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_consecutive_errors: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _needs_endpoint(self) -> "JudgeConfig":
+        if self.enabled and not (self.base_url and self.model):
+            raise ValueError("an enabled judge needs base_url and model")
+        return self
+
+
 class FilterConfig(Strict):
     """Which checks run; each rejection keeps its reason."""
     reject_truncated: bool = True
@@ -103,27 +186,103 @@ class FilterConfig(Strict):
     check_answer: bool = True
     dedup: bool = True
     max_completion_tokens: int | None = None
-    workers: int = Field(0, ge=0, description="math-verify processes; 0 = one per core")
-    verify_timeout_s: int = Field(5, ge=1)
+    workers: int = Field(0, ge=0, description="verifier processes; 0 = one per core")
+    verify_timeout_s: int = Field(5, ge=1, description="math-verify's own (signal.alarm) timeout per step")
+    verify_hard_timeout_s: float | None = Field(None, gt=0, description="a worker still on one sample after this "
+                                                "is killed and the sample rejected as timeout; null = 3 x "
+                                                "verify_timeout_s + 5")
+    worker_memory_mb: int | None = Field(4096, ge=256, description="address-space cap per verifier worker")
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    prompt_dedup: PromptDedupConfig = Field(default_factory=PromptDedupConfig)
+    decontamination: DecontamConfig = Field(default_factory=DecontamConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    code: CodeCheckConfig = Field(default_factory=CodeCheckConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    plots: bool = True
+
+
+class LoraSettings(Strict):
+    """PEFT LoRA / QLoRA, for users with one GPU: train low-rank adapters on a frozen base instead of all weights.
+
+    ``quantization: nf4`` is QLoRA (the frozen base loaded in bitsandbytes NF4; CUDA only). The adapter is merged
+    into the base when the model is saved (``merge``), so the exported folder is a plain model that vLLM,
+    llama.cpp and the quantizers load without PEFT."""
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    quantization: Literal["none", "nf4"] = Field("none", description="nf4: QLoRA (bitsandbytes, GPU only)")
+    merge: bool = Field(True, description="merge_and_unload before saving, so the saved model is plain")
+
+
+class GKDSettings(Strict):
+    """TRL's GKD (on-policy logit distillation, generalised JSD). Teacher and student must share the tokenizer."""
+    teacher: str | None = Field(None, description="teacher model path/id; null: the recipe's teacher model")
+    lmbda: float = Field(0.5, ge=0, le=1, description="fraction of steps trained on the student's own samples")
+    beta: float = Field(0.5, ge=0, le=1, description="JSD interpolation: 0 = forward KL, 1 = reverse KL")
+    temperature: float = Field(0.9, gt=0, description="sampling temperature of on-policy generations")
+    max_new_tokens: int = Field(128, ge=1, description="length of on-policy generations")
+    seq_kd: bool = Field(False, description="on off-policy steps, train on teacher samples instead of the data")
+
+
+class ParallelSettings(Strict):
+    """How a recipe is meant to be launched and which long-context parallelism it uses (see configs/accelerate/
+    and scripts/slurm_train.sbatch). ``accelerate_config``/``nodes``/``gpus_per_node`` are read by the launch
+    scripts; the two *_parallel_size fields become accelerate's ParallelismConfig in the trainer."""
+    accelerate_config: str | None = Field(None, description="configs/accelerate/*.yaml this recipe is tuned for")
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(1, ge=1)
+    sequence_parallel_size: int = Field(1, ge=1, description="DeepSpeed Ulysses/ALST: splits each sequence over "
+                                        "this many GPUs (ZeRO configs only); packing stays valid")
+    context_parallel_size: int = Field(1, ge=1, description="FSDP2 ring attention (fsdp2 config only); "
+                                       "incompatible with packing")
+
+    @model_validator(mode="after")
+    def _one_long_context_scheme(self) -> "ParallelSettings":
+        if self.sequence_parallel_size > 1 and self.context_parallel_size > 1:
+            raise ValueError("sequence_parallel_size and context_parallel_size are mutually exclusive")
+        return self
 
 
 class TrainConfig(Strict):
+    """Student training. Defaults suit the CPU demo; the full-scale recipes in students/ say where theirs come from.
+
+    ``null``/``auto`` settings are resolved on the machine that trains (distill/student/efficiency.py): bf16 and
+    flash-attention on a GPU that has them, Liger kernels when installed, TensorBoard/W&B when installed."""
     learning_rate: float = Field(1e-5, gt=0)
     lr_scheduler_type: str = "cosine"
+    lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {min_lr_rate: 0.1} for "
+                                                "cosine_with_min_lr")
     warmup_ratio: float = Field(0.03, ge=0, le=1)
     num_train_epochs: float = Field(3.0, gt=0)
     max_steps: int = -1
     per_device_train_batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
+    global_batch_size: int | None = Field(None, ge=1, description="if set, gradient_accumulation_steps is derived "
+                                          "at launch: global / (per_device x data-parallel processes)")
     max_length: int = Field(32768, ge=16)
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
+    optim: str = "adamw_torch"
     packing: bool = False
+    packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = "bfd"
+    padding_free: bool | None = Field(None, description="null: on with bfd packing (per-example position ids)")
+    attn_implementation: Literal["auto", "flash_attention_2", "flash_attention_3", "sdpa", "eager"] = Field(
+        "auto", description="auto: flash_attention_2 when importable on a GPU, else sdpa")
+    use_liger_kernel: bool | None = Field(None, description="null: on when liger-kernel is installed and on a GPU")
     gradient_checkpointing: bool = False
-    bf16: bool = False
+    bf16: bool | None = Field(None, description="null: on when the GPU supports bf16; off on CPU")
     logging_steps: int = 10
+    report_to: Literal["auto", "none", "tensorboard", "wandb"] | list[str] = Field(
+        "auto", description="auto: tensorboard and/or wandb when installed, else none")
+    save_steps: int = Field(200, ge=1, description="checkpoint every N steps; a rerun resumes from the last one")
+    save_total_limit: int | None = Field(1, ge=1)
     seed: int = 0
     threads: int | None = None
+    distill_method: Literal["sft", "gkd"] = Field("sft", description="gkd: logit distillation (shared tokenizer)")
+    gkd: GKDSettings = Field(default_factory=GKDSettings)
+    parallel: ParallelSettings = Field(default_factory=ParallelSettings)
 
 
 class StudentConfig(Strict):
@@ -133,6 +292,15 @@ class StudentConfig(Strict):
     init_config: dict[str, Any] | None = None
     architecture: Literal["qwen2", "llama"] = "qwen2"
     tokenizer: str | None = Field(None, description="defaults to the base's, else the teacher's")
+    chat_format: Literal["auto", "tokenizer", "r1"] = Field(
+        "auto", description="r1: install distill's R1 template, adding the R1 special tokens (and embedding rows) "
+        "a base lacks; tokenizer: keep the tokenizer's own template; auto: r1 unless the tokenizer already has it")
+    rope_theta: float | None = Field(None, gt=0, description="override the base's RoPE base frequency (Qwen2.5-Math:"
+                                     " 10k -> 300k to train at 32k)")
+    max_position_embeddings: int | None = Field(None, ge=16, description="override the base's context length")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="weights dtype at load; auto: "
+                                                          "bfloat16 when training in bf16, else float32")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
     licence: str = "apache-2.0"
     train: TrainConfig = TrainConfig()
     description: str = ""
@@ -170,6 +338,8 @@ class RunRecipe(Strict):
     eval: str | EvalConfig
     filter: FilterConfig = FilterConfig()
     export: ExportConfig = ExportConfig()
+    compare_unfiltered: bool = Field(False, description="also train a student on the unfiltered traces and "
+                                                        "report both, to show what filtering buys")
     description: str = ""
 
 
@@ -278,6 +448,7 @@ class ResolvedRecipe(BaseModel):
     eval: EvalConfig
     filter: FilterConfig
     export: ExportConfig
+    compare_unfiltered: bool = False
 
     def fingerprint(self, *parts: str) -> str:
         """A hash of the named sections, so a stage can tell whether its finished output matches this recipe."""
@@ -299,4 +470,4 @@ def load_recipe(ref: str, overrides: list[str] | None = None) -> ResolvedRecipe:
         resolved[kind] = (ref_value if isinstance(ref_value, BaseModel)
                           else load_entry(kind, ref_value, per_entry.get(kind)))
     return ResolvedRecipe(name=recipe.name, seed=recipe.seed, source=str(path), filter=recipe.filter,
-                          export=recipe.export, **resolved)
+                          export=recipe.export, compare_unfiltered=recipe.compare_unfiltered, **resolved)

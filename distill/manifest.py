@@ -122,3 +122,7 @@ class Stage:
 
     def manifest(self) -> dict[str, Any]:
         return read_json(self.manifest_path)
+
+    def reused(self) -> dict[str, Any]:
+        """The finished manifest, marked as reused (the stage was skipped on this run)."""
+        return {**self.manifest(), "reused": True}

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .catalog import resolve_path
+from .catalog import model_ref
 from .config import ResolvedRecipe
 from .data.prompts import load_prompts
 from .errors import DistillError
@@ -27,7 +27,7 @@ from .manifest import Stage, read_json, write_json_atomic
 from .progress import console
 from .records import Sampling, ShardedJsonlStore, write_jsonl_atomic
 
-STAGES = ("prompts", "generate", "filter", "train", "quantize", "eval", "export")
+STAGES = ("prompts", "generate", "filter", "train", "train_unfiltered", "quantize", "eval", "export")
 
 
 PREVIOUS_COMMAND = {"prompts": "distill teacher generate", "generations": "distill teacher generate",
@@ -46,14 +46,13 @@ def need(folder: Path) -> None:
 
 
 def teacher_model_path(recipe: ResolvedRecipe) -> str:
-    p = resolve_path(recipe.teacher.model)
-    return str(p) if p.exists() else recipe.teacher.model
+    return model_ref(recipe.teacher.model)
 
 
 def stage_prompts(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     st = Stage("prompts", run / "prompts", recipe.fingerprint("data"), recipe.data.model_dump())
     if st.is_complete() and not force:
-        return st.manifest()
+        return st.reused()
     st.begin(force)
     counts = {}
     for split in ("train", "heldout"):
@@ -81,7 +80,7 @@ def stage_generate(recipe: ResolvedRecipe, run: Path, force: bool = False,
     folder = run / "generations" if shard is None else run / "generations-parts" / f"{shard[0]}-of-{shard[1]}"
     st = Stage("generate", folder, recipe.fingerprint("data", "teacher"), t.model_dump())
     if st.is_complete() and not force:
-        return st.manifest()
+        return st.reused()
     need(run / "prompts")
     prompts = _prompts(run, "train")
     if shard is not None:
@@ -103,7 +102,7 @@ def stage_merge(recipe: ResolvedRecipe, run: Path, n_shards: int, force: bool = 
 
     st = Stage("generate", run / "generations", recipe.fingerprint("data", "teacher"), recipe.teacher.model_dump())
     if st.is_complete() and not force:
-        return st.manifest()
+        return st.reused()
     parts = [run / "generations-parts" / f"{i}-of-{n_shards}" for i in range(n_shards)]
     for part in parts:
         need(part)
@@ -125,7 +124,7 @@ def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
     st = Stage("filter", run / "filtered", recipe.fingerprint("data", "teacher", "filter"),
                recipe.filter.model_dump())
     if st.is_complete() and not force:
-        return st.manifest()
+        return st.reused()
     need(run / "generations")
     st.begin(force)
     counts = filter_store(run / "generations", st.folder, recipe.filter)
@@ -139,7 +138,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
     s = recipe.student
     st = Stage("train", run / "student", recipe.fingerprint("data", "teacher", "filter", "student"), s.model_dump())
     if st.is_complete() and not force:
-        return st.manifest()
+        return st.reused()
     need(run / "filtered")
     st.begin(force)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
@@ -147,6 +146,38 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
     metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder, sampling=recipe.teacher.sampling)
     return st.finish(inputs={"kept": str(run / "filtered" / "kept")},
                      counts={"parameters": parameter_count(model), "examples": metrics["examples"]}, metrics=metrics)
+
+
+def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
+    """The ablation: the same student, same settings, trained on every renderable trace (no correctness, format
+    or dedup filtering), so the report shows what the filter buys."""
+    from .student.model import build_student, save_model
+    from .student.train import train_student
+
+    if not recipe.compare_unfiltered:
+        return {"skipped": True}
+    s = recipe.student
+    st = Stage("train_unfiltered", run / "student-unfiltered",
+               recipe.fingerprint("data", "teacher", "student"), s.model_dump())
+    if st.is_complete() and not force:
+        return st.reused()
+    need(run / "generations")
+    st.begin(force)
+    data = st.folder / "traces"
+    usable = skipped = 0
+    with ShardedJsonlStore(data) as store:
+        batch = []
+        for g in ShardedJsonlStore(run / "generations"):
+            if g.get("reasoning") and g.get("answer"):
+                batch.append(g)
+                usable += 1
+            else:
+                skipped += 1
+        store.append(batch)
+    model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
+    save_model(model, tokenizer, st.folder / "init")
+    metrics = train_student(model, tokenizer, s, data, st.folder, sampling=recipe.teacher.sampling)
+    return st.finish(counts={"traces": usable, "unrenderable_skipped": skipped}, metrics=metrics)
 
 
 def stage_quantize(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
@@ -158,7 +189,7 @@ def stage_quantize(recipe: ResolvedRecipe, run: Path, force: bool = False) -> di
     if method == "none":
         return {"skipped": True}
     if st.is_complete() and not force:
-        return st.manifest()
+        return st.reused()
     need(run / "student")
     st.begin(force)
     info = quantize(run / "student" / "model", st.folder / "model", method)
@@ -170,6 +201,8 @@ def eval_targets(recipe: ResolvedRecipe, run: Path) -> dict[str, str]:
                "student": str(run / "student" / "model")}
     if recipe.export.quantize != "none":
         targets["student_quantized"] = str(run / "quantized" / "model")
+    if recipe.compare_unfiltered:
+        targets["student_unfiltered"] = str(run / "student-unfiltered" / "model")
     return targets
 
 
@@ -178,15 +211,17 @@ def stage_eval(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[s
 
     st = Stage("eval", run / "eval", recipe.fingerprint(), recipe.eval.model_dump())
     if st.is_complete() and not force:
-        return st.manifest()
+        return st.reused()
     need(run / "student")
     if recipe.export.quantize != "none":
         need(run / "quantized")
+    if recipe.compare_unfiltered:
+        need(run / "student-unfiltered")
     st.begin(force)
     results: dict[str, dict[str, Any]] = {}
-    for label, model_ref in eval_targets(recipe, run).items():
+    for label, ref in eval_targets(recipe, run).items():
         for bench in recipe.eval.benchmarks:
-            res = evaluate(model_ref, bench, st.folder / label / bench.name, name=label,
+            res = evaluate(ref, bench, st.folder / label / bench.name, name=label,
                            workers=recipe.filter.workers)
             results.setdefault(label, {})[bench.name] = res
     return st.finish(results=results)
@@ -197,7 +232,7 @@ def stage_export(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
 
     st = Stage("export", run / "export", recipe.fingerprint(), recipe.export.model_dump())
     if st.is_complete() and not force:
-        return st.manifest()
+        return st.reused()
     need(run / "eval")
     st.begin(force)
     results = read_json(run / "eval" / "manifest.json")["results"]
@@ -222,7 +257,7 @@ def stage_export(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
 
 
 STAGE_FUNCS: dict[str, Callable[..., dict[str, Any]]] = {
-    "prompts": stage_prompts, "generate": stage_generate, "filter": stage_filter, "train": stage_train,
+    "prompts": stage_prompts, "generate": stage_generate, "filter": stage_filter, "train": stage_train, "train_unfiltered": stage_train_unfiltered,
     "quantize": stage_quantize, "eval": stage_eval, "export": stage_export,
 }
 
@@ -240,9 +275,11 @@ def run_pipeline(recipe: ResolvedRecipe, run: Path, *, force: bool = False,
         start = time.time()
         manifest = STAGE_FUNCS[name](recipe, run, force=force)
         took = time.time() - start
-        skipped = took < 1 and manifest.get("status") == "complete" and manifest.get("seconds", 0) > took
-        console.print(f"[bold]{name}[/bold]: {'already complete, skipped' if skipped else f'done in {took:.1f}s'}")
-        seconds[name] = round(manifest.get("seconds", took) if skipped else took, 2)
+        if manifest.get("skipped"):
+            continue
+        reused = manifest.get("reused", False)
+        console.print(f"[bold]{name}[/bold]: {'already complete, skipped' if reused else f'done in {took:.1f}s'}")
+        seconds[name] = round(manifest.get("seconds", took) if reused else took, 2)
     if only:
         return {"stages": seconds}
     report = build_report(recipe, run, seconds)

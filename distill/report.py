@@ -11,7 +11,7 @@ from .config import ResolvedRecipe
 from .manifest import read_json
 from .progress import console
 
-MODELS = ("teacher", "student_untrained", "student", "student_quantized")
+MODELS = ("teacher", "student_untrained", "student", "student_quantized", "student_unfiltered")
 
 
 def build_report(recipe: ResolvedRecipe, run: Path, seconds: dict[str, float]) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
 
     labels = [m for m in MODELS if m in report]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.bar(labels, [report[m]["pass@1"] for m in labels], color=["#555", "#bbb", "#2a7", "#7a2"][:len(labels)])
+    ax1.bar(labels, [report[m]["pass@1"] for m in labels], color=["#555", "#bbb", "#2a7", "#7a2", "#c84"][:len(labels)])
     ax1.set_ylabel("pass@1 (%)"), ax1.set_title("held-out pass@1"), ax1.set_ylim(0, 100)
     ax1.tick_params(axis="x", rotation=20)
     rej = report["filter"]["rejected"]

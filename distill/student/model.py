@@ -2,7 +2,12 @@
 
 The same code path serves both: at tiny scale the demo initialises from a config; at full scale a recipe names a
 base such as ``Qwen/Qwen2.5-Math-7B``. Either way the tokenizer, chat template, EOS and generation config are made
-to agree, because a student whose EOS disagrees with its template never stops (REFERENCE.md pitfall 1).
+to agree, because a student whose EOS disagrees with its template never stops (REFERENCE.md pitfall 1): a base
+whose tokenizer lacks the R1 format gets it installed (distill/student/template.py).
+
+Config overrides (``rope_theta``, ``max_position_embeddings``) are applied to the loaded config before the
+weights load, as the open R1-Distill-Qwen-7B reproduction did to train Qwen2.5-Math (4k native context) at 32k.
+Attention backend, dtype and QLoRA quantisation are resolved for the machine at hand (efficiency.py, lora.py).
 """
 
 from __future__ import annotations
@@ -12,18 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, Qwen2Config
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig,
+                          Qwen2Config)
 
-from ..catalog import resolve_path
+from ..catalog import model_ref
 from ..config import SamplingConfig, StudentConfig
 from ..errors import DistillError
+from .efficiency import resolve_attn_implementation, resolve_bf16
+from .lora import is_peft_model, is_quantized, merge_lora, quantization_config
+from .template import prepare_chat_format
 
 ARCHITECTURES = {"qwen2": (Qwen2Config, "Qwen2ForCausalLM"), "llama": (LlamaConfig, "LlamaForCausalLM")}
 
 
 def _ref(ref: str) -> str:
-    p = resolve_path(ref)
-    return str(p) if p.exists() else ref
+    return model_ref(ref)
 
 
 def load_tokenizer(ref: str):
@@ -36,31 +44,70 @@ def load_tokenizer(ref: str):
     return tok
 
 
+def apply_config_overrides(config: Any, cfg: StudentConfig) -> Any:
+    """Set the recipe's RoPE theta and context length on a model config (in place; returned for chaining).
+
+    transformers 5 keeps theta in ``config.rope_parameters``; other keys there (Llama 3's ``rope_type: llama3``
+    scaling factors) are kept."""
+    if cfg.rope_theta is not None:
+        params = dict(getattr(config, "rope_parameters", None) or {})
+        params.setdefault("rope_type", "default")
+        params["rope_theta"] = float(cfg.rope_theta)
+        config.rope_parameters = params
+        if hasattr(config, "rope_theta"):
+            config.rope_theta = float(cfg.rope_theta)
+    if cfg.max_position_embeddings is not None:
+        config.max_position_embeddings = cfg.max_position_embeddings
+    return config
+
+
+def weights_dtype(cfg: StudentConfig) -> torch.dtype:
+    """auto: bf16 weights when training in bf16 (what the open reproductions load), float32 otherwise."""
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if resolve_bf16(cfg.train.bf16) else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
 def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tuple[Any, Any]:
     """Return (model, tokenizer). The tokenizer is the recipe's, else the base's, else the teacher's."""
+    where = f"student '{cfg.name}'"
     tok_ref = cfg.tokenizer or cfg.base or teacher_model
     tokenizer = load_tokenizer(tok_ref)
     torch.manual_seed(seed)
+    attn = resolve_attn_implementation(cfg.train.attn_implementation)
     if cfg.base:
+        ref = _ref(cfg.base)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = AutoModelForCausalLM.from_pretrained(_ref(cfg.base), dtype=torch.float32)
+                config = apply_config_overrides(AutoConfig.from_pretrained(ref), cfg)
+                model = AutoModelForCausalLM.from_pretrained(
+                    ref, config=config, dtype=weights_dtype(cfg), attn_implementation=attn,
+                    quantization_config=quantization_config(cfg.lora, where))
         except OSError as exc:
             raise DistillError(f"cannot load base model: {str(exc).splitlines()[0]}"
                                " (offline: only local folders and cached models load)", where=cfg.base) from None
+        info = prepare_chat_format(tokenizer, model, cfg.chat_format, where)
     elif cfg.init_config:
+        if cfg.lora.quantization != "none":
+            raise DistillError("QLoRA quantises a pretrained base; a randomly initialised student needs 'base'",
+                               where=where)
+        info = prepare_chat_format(tokenizer, None, cfg.chat_format, where)
         config_cls, _ = ARCHITECTURES[cfg.architecture]
         try:
             config = config_cls(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                 **cfg.init_config)
         except TypeError as exc:
-            raise DistillError(f"invalid init_config: {exc}", where=f"student '{cfg.name}'") from None
-        model = AutoModelForCausalLM.from_config(config)
+            raise DistillError(f"invalid init_config: {exc}", where=where) from None
+        apply_config_overrides(config, cfg)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=weights_dtype(cfg))
     else:
-        raise DistillError("a student needs 'base' (model id or path) or 'init_config'", where=f"student '{cfg.name}'")
+        raise DistillError("a student needs 'base' (model id or path) or 'init_config'", where=where)
+    if cfg.max_position_embeddings is not None:
+        tokenizer.model_max_length = cfg.max_position_embeddings
     align_eos(model, tokenizer)
+    model.distill_build_info = {"attn_implementation": attn, **info}
     return model, tokenizer
 
 
@@ -77,8 +124,17 @@ def align_eos(model: Any, tokenizer: Any, sampling: SamplingConfig | None = None
 
 
 def save_model(model: Any, tokenizer: Any, out: str | Path) -> Path:
+    """Save a plain model: a LoRA adapter is merged first (merge_and_unload), so what lands in ``out`` loads with
+    AutoModelForCausalLM alone. A 4-bit (QLoRA) model cannot be merged in place: see lora.merge_adapter_folder."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if is_peft_model(model):
+        if is_quantized(model):
+            raise DistillError("a QLoRA model is 4-bit: save its adapter and merge it into a bf16 reload of the base "
+                               "(distill.student.lora.merge_adapter_folder)", where=str(out))
+        generation_config = model.generation_config
+        model = merge_lora(model)
+        model.generation_config = generation_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
