@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .catalog import find_entry
 from .errors import DistillError
@@ -33,15 +33,22 @@ class SamplingConfig(Strict):
 
 
 class DataConfig(Strict):
-    """Where prompts come from: the built-in synthetic task or a local JSONL file."""
+    """Where prompts come from: the built-in synthetic task, a local JSONL/Parquet file (``path`` may hold
+    ``{split}``), or a Hugging Face dataset (``hf_id``), with ``fields`` mapping our names to the source's."""
     name: str = "data"
-    kind: Literal["synthetic", "jsonl"] = "synthetic"
+    kind: Literal["synthetic", "jsonl", "parquet", "hf"] = "synthetic"
     generator: str = "tiny-arith"
     train_size: int = Field(256, ge=1)
     heldout_size: int = Field(64, ge=1)
     seed: int = 0
     path: str | None = None
+    hf_id: str | None = None
+    hf_config: str | None = None
+    splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "heldout": "test"},
+                                   description="our split -> the dataset's split")
+    domain: str = Field("math", description="default domain when the source has none (math, code, choice)")
     fields: dict[str, str] = Field(default_factory=dict, description="our field -> source field")
+    limit: int | None = Field(None, ge=1, description="read at most this many rows per split")
     licence: str = "apache-2.0"
     description: str = ""
 
@@ -96,7 +103,6 @@ class TeacherConfig(Strict):
     description: str = ""
 
 
-from pydantic import model_validator  # noqa: E402 - used by the filter sub-configs below
 
 
 class QualityConfig(Strict):

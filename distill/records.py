@@ -37,7 +37,7 @@ class Prompt:
     domain: str = "math"
     source: str = ""
     split: str = "train"
-    tests: list[dict[str, Any]] | None = None
+    tests: Any = None
     choices: list[str] | None = None
 
     REQUIRED = ("id", "problem")
@@ -80,9 +80,15 @@ class Generation:
     sampling: dict[str, Any] = field(default_factory=dict)
     domain: str = "math"
     source: str = ""
+    tests: Any = None
+    choices: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("tests", "choices"):  # only code and multiple-choice records carry them
+            if d[key] is None:
+                del d[key]
+        return d
 
 
 def generation_id(prompt_id: str, sample_index: int) -> str:

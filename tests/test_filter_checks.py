@@ -21,6 +21,17 @@ def gen(completion: str, gold: str = "8", finish: str = "stop", pid: str = "p1",
 GOOD = "7 + 1 = 8.\n</think>\n\nThe answer is \\boxed{8}."
 
 
+def record(reasoning: str, answer: str, *, gold: str | None = "8", pid: str = "p1", idx: int = 0,
+           problem: str = "Mia has 7 apples and buys 1 more. How many apples does Mia have?", domain: str = "math",
+           source: str = "src", tokens: int = 9, finish: str = "stop", **extra) -> dict:
+    """A Generation record as the generate stage writes it, plus any extra fields (tests, choices, fn_name)."""
+    prompt = Prompt(id=pid, problem=problem, answer=gold, domain=domain, source=source)
+    rec = make_generation(prompt, idx, f"{reasoning}\n</think>\n\n{answer}", finish, prompt_tokens=3,
+                          completion_tokens=tokens, teacher="t", sampling=Sampling()).to_dict()
+    rec.update(extra)
+    return rec
+
+
 @pytest.mark.parametrize("completion,reason", [
     (GOOD, None),
     ("7 + 1 = 8. The answer is \\boxed{8}.", "think_not_closed"),

@@ -44,5 +44,5 @@ def make_generation(prompt: Prompt, sample_index: int, completion: str, finish_r
         problem=prompt.problem, gold_answer=prompt.answer, completion=response, reasoning=think,
         answer=answer, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens, teacher=teacher, sampling=asdict(sampling),
-        domain=prompt.domain, source=prompt.source,
+        domain=prompt.domain, source=prompt.source, tests=prompt.tests, choices=prompt.choices,
     )
