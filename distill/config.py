@@ -271,11 +271,13 @@ class TrainConfig(Strict):
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     optim: str = "adamw_torch"
+    adam_beta2: float = Field(0.999, gt=0, lt=1, description="0.98 steadies high learning rates on tiny models")
     packing: bool = False
     packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = "bfd"
     padding_free: bool | None = Field(None, description="null: on with bfd packing (per-example position ids)")
-    attn_implementation: Literal["auto", "flash_attention_2", "flash_attention_3", "sdpa", "eager"] = Field(
-        "auto", description="auto: flash_attention_2 when importable on a GPU, else sdpa")
+    attn_implementation: Literal["auto", "flash_attention_2", "flash_attention_3", "sdpa", "sdpa_varlen",
+                                 "eager"] = Field(
+        "auto", description="auto: flash_attention_2 when importable on a GPU, else sdpa (sdpa_varlen when packed)")
     use_liger_kernel: bool | None = Field(None, description="null: on when liger-kernel is installed and on a GPU")
     gradient_checkpointing: bool = False
     bf16: bool | None = Field(None, description="null: on when the GPU supports bf16; off on CPU")

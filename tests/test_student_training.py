@@ -29,7 +29,9 @@ def test_completion_mask_token_by_token(tmp_path):
     trainer = SFTTrainer(model=model, args=args, processing_class=tok,
                          train_dataset=Dataset.from_list([{"prompt": prompt, "completion": completion}]))
     row = trainer.train_dataset[0]
-    ids, mask = row["input_ids"], row["completion_mask"]
+    # TRL >= 1.x folds the completion mask into "labels" (-100 outside the completion) during preparation
+    ids = row["input_ids"]
+    mask = row["completion_mask"] if "completion_mask" in row else [int(l != -100) for l in row["labels"]]
     learned = [t for t, m in zip(ids, mask) if m]
     ignored = [t for t, m in zip(ids, mask) if not m]
     assert tok.decode(ignored) == prompt

@@ -23,7 +23,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Gener
 from ..catalog import model_ref
 from ..config import SamplingConfig, StudentConfig
 from ..errors import DistillError
-from .efficiency import resolve_attn_implementation, resolve_bf16
+from .efficiency import resolve_attn_implementation, resolve_bf16, resolve_padding_free
 from .lora import is_peft_model, is_quantized, merge_lora, quantization_config
 from .template import prepare_chat_format
 
@@ -74,7 +74,9 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
     tok_ref = cfg.tokenizer or cfg.base or teacher_model
     tokenizer = load_tokenizer(tok_ref)
     torch.manual_seed(seed)
-    attn = resolve_attn_implementation(cfg.train.attn_implementation)
+    t = cfg.train
+    attn = resolve_attn_implementation(t.attn_implementation,
+                                       packed=resolve_padding_free(t.packing, t.packing_strategy, t.padding_free))
     if cfg.base:
         ref = _ref(cfg.base)
         try:

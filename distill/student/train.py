@@ -1,9 +1,14 @@
-"""SFT of the student on the kept traces with TRL's SFTTrainer, loss on the completion only.
+"""SFT of the student on the kept traces with TRL's SFTTrainer, loss on the completion only (or GKD, see gkd.py).
 
 Each kept verdict becomes a (prompt, completion) pair rendered through the chat template by
 :func:`distill.chat_template.render_training_pair`, which refuses templates that would drop the reasoning. The
-completion ends with EOS, so the student learns to stop. Checkpoints are saved every ``save_steps`` and a rerun
-resumes from the last one.
+completion ends with EOS, so the student learns to stop. Checkpoints are saved every ``train.save_steps`` and a
+rerun resumes from the last one.
+
+The same function trains the CPU demo and a 70B student on many nodes: :func:`training_args` turns the recipe into
+TRL arguments with the machine-dependent choices resolved (efficiency.py), the gradient accumulation derived from
+the global batch and the world size (distributed.py), and sequence/context parallelism handed to accelerate.
+Under DDP/ZeRO/FSDP every process runs this function; only the main process writes the final model.
 """
 
 from __future__ import annotations
@@ -15,66 +20,192 @@ from typing import Any
 
 import torch
 
-from ..chat_template import render_training_pair
+from ..chat_template import ADDED_TOKENS, SPECIAL_TOKENS, render_training_pair
 from ..config import StudentConfig
 from ..errors import DistillError
 from ..records import ShardedJsonlStore
+from . import distributed
+from .efficiency import (resolve_attn_implementation, resolve_bf16, resolve_liger, resolve_padding_free,
+                         resolve_report_to)
+from .lora import is_peft_model, is_quantized, merge_adapter_folder, peft_config
 from .model import align_eos, save_model
+
+
+def kept_records(kept_dir: str | Path) -> list[dict[str, Any]]:
+    recs = list(ShardedJsonlStore(kept_dir))
+    for rec in recs:
+        missing = [k for k in ("problem", "reasoning", "answer") if not rec.get(k)]
+        if missing:
+            raise DistillError(f"record {rec.get('id')} lacks {', '.join(missing)}", where=str(kept_dir))
+    if not recs:
+        raise DistillError("no kept traces to train on", where=str(kept_dir))
+    return recs
 
 
 def training_pairs(kept_dir: str | Path, tokenizer: Any) -> list[dict[str, str]]:
     rows = []
-    for rec in ShardedJsonlStore(kept_dir):
-        missing = [k for k in ("problem", "reasoning", "answer") if not rec.get(k)]
-        if missing:
-            raise DistillError(f"record {rec.get('id')} lacks {', '.join(missing)}", where=str(kept_dir))
+    for rec in kept_records(kept_dir):
         prompt, completion = render_training_pair(tokenizer, rec["problem"], rec["reasoning"], rec["answer"])
         rows.append({"prompt": prompt, "completion": completion})
-    if not rows:
-        raise DistillError("no kept traces to train on", where=str(kept_dir))
     return rows
 
 
+def resolved_settings(cfg: StudentConfig, model: Any = None) -> dict[str, Any]:
+    """What this machine will actually use for the recipe's ``auto`` settings (recorded in the stage metrics)."""
+    t = cfg.train
+    attn = getattr(getattr(model, "config", None), "_attn_implementation", None) if model is not None else None
+    packed = resolve_padding_free(t.packing, t.packing_strategy, t.padding_free)
+    return {"attn_implementation": attn or resolve_attn_implementation(t.attn_implementation, packed=packed),
+            "use_liger_kernel": resolve_liger(t.use_liger_kernel), "bf16": resolve_bf16(t.bf16),
+            "padding_free": packed,
+            "report_to": resolve_report_to(t.report_to), "world_size": distributed.world_size(),
+            "gradient_accumulation_steps": distributed.gradient_accumulation(t)}
+
+
+def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model: Any = None,
+                  config_cls: Any = None, **extra: Any):
+    """The recipe as an SFTConfig (or ``config_cls``, e.g. GKDConfig), with auto settings resolved."""
+    from trl import SFTConfig
+
+    t = cfg.train
+    s = resolved_settings(cfg, model)
+    config_cls = config_cls or SFTConfig
+    report_to = [r for r in s["report_to"] if r != "tensorboard"]  # tensorboard: own callback, own folder
+    kwargs = dict(
+        output_dir=str(Path(out_dir) / "checkpoints"), learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type, lr_scheduler_kwargs=dict(t.lr_scheduler_kwargs),
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=s["gradient_accumulation_steps"], max_length=t.max_length,
+        max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, optim=t.optim, adam_beta2=t.adam_beta2,
+        packing=t.packing, packing_strategy=t.packing_strategy, padding_free=s["padding_free"],
+        use_liger_kernel=s["use_liger_kernel"], gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        bf16=s["bf16"], logging_steps=t.logging_steps, seed=t.seed,
+        completion_only_loss=True, eos_token=tokenizer.eos_token,
+        report_to=report_to or "none", include_num_input_tokens_seen="non_padding",
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit, save_only_model=False,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if distributed.world_size() > 1 and not torch.cuda.is_available() else None,
+        parallelism_config=distributed.parallelism_config(t.parallel),
+        dataset_num_proc=None, disable_tqdm=True,
+    )
+    kwargs.update(extra)
+    return config_cls(**kwargs)
+
+
+def tensorboard_callbacks(cfg: StudentConfig, out_dir: Path) -> list[Any]:
+    """TensorBoard logs (loss, learning rate, tokens/s) in ``RUN/student/tensorboard`` when tensorboard is here."""
+    if "tensorboard" not in resolve_report_to(cfg.train.report_to) or not distributed.is_main_process():
+        return []
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from tensorboardX import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out_dir / "tensorboard")))]
+
+
+def lora_config_for(cfg: StudentConfig, tokenizer: Any, model: Any = None):
+    """LoRA config whose R1 marker input rows (think tags, User/Assistant: new ids for a base) are trained in full
+    (PEFT TrainableTokens), so the student learns what the new markers mean.
+
+    Input side only, and only for untied embeddings: TRL's fused LM head reads ``lm_head.weight`` directly, which
+    bypasses PEFT's trainable-token delta on an output layer (and fails on its wrapper). The output rows (EOS among
+    them) keep the mean initialisation install_r1_format gives them; the LoRA layers learn to reach them. Full
+    fine-tuning trains every row."""
+    ids = sorted({i for i in tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS + ADDED_TOKENS)
+                  if i is not None and i != tokenizer.unk_token_id})
+    tied = bool(model is not None and model.config.get_text_config().tie_word_embeddings)
+    if model is None or tied:
+        return peft_config(cfg.lora)
+    return peft_config(cfg.lora, trainable_token_ids={"embed_tokens": ids})
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = out_dir / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
 def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str | Path, out_dir: str | Path,
-                  sampling=None) -> dict[str, Any]:
-    """Train and save to ``out_dir/model``; returns metrics (loss, steps, tokens/s, seconds)."""
+                  sampling=None, teacher_model: str | None = None) -> dict[str, Any]:
+    """Train and save to ``out_dir/model``; returns metrics (loss, steps, tokens/s, seconds).
+
+    ``teacher_model`` (a path or id) is the GKD teacher when ``train.gkd.teacher`` is not set."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
 
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
     out_dir = Path(out_dir)
     rows = training_pairs(kept_dir, tokenizer)
-    dataset = Dataset.from_list(rows)
-    args = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"), learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio in transformers 5
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
-        max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, packing=t.packing,
-        gradient_checkpointing=t.gradient_checkpointing, bf16=t.bf16, logging_steps=t.logging_steps, seed=t.seed,
-        completion_only_loss=True, eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
-        report_to="none", save_strategy="steps", save_steps=200, save_total_limit=1, save_only_model=False,
-        use_cpu=not torch.cuda.is_available(), dataset_num_proc=None, disable_tqdm=True,
-    )
+    callbacks = tensorboard_callbacks(cfg, out_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        checkpoints = sorted((out_dir / "checkpoints").glob("checkpoint-*"))
+        if t.distill_method == "gkd":
+            from .gkd import gkd_trainer
+
+            trainer = gkd_trainer(model, tokenizer, cfg, kept_records(kept_dir), out_dir,
+                                  teacher=t.gkd.teacher or teacher_model, callbacks=callbacks)
+        else:
+            from trl import SFTTrainer
+
+            trainer = SFTTrainer(model=model, args=training_args(cfg, out_dir, tokenizer, model),
+                                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                                 peft_config=lora_config_for(cfg, tokenizer, model), callbacks=callbacks)
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         start = time.time()
-        result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+        result = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
         seconds = time.time() - start
-    align_eos(trainer.model, tokenizer, sampling)
-    save_model(trainer.model, tokenizer, out_dir / "model")
+    save_trained(trainer, tokenizer, cfg, out_dir / "model", sampling)
     history = [h for h in trainer.state.log_history if "loss" in h]
-    tokens = sum(len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
-    plot_loss(history, out_dir / "loss.png")
+    if distributed.is_main_process():
+        plot_loss(history, out_dir / "loss.png")
+    tokens = trainer.state.num_input_tokens_seen
     return {"examples": len(rows), "steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4),
             "final_loss": history[-1]["loss"] if history else None, "seconds": round(seconds, 1),
-            "tokens_per_s": round(tokens * t.num_train_epochs / max(seconds, 1e-6)) if t.max_steps < 0 else None,
-            "loss_curve": [(h["step"], h["loss"]) for h in history]}
+            "tokens": tokens, "tokens_per_s": round(tokens / max(seconds, 1e-6)) if tokens else None,
+            "loss_curve": [(h["step"], h["loss"]) for h in history],
+            "lr_curve": [(h["step"], h["learning_rate"]) for h in history if "learning_rate" in h],
+            "trainable_parameters": trainable,
+            "settings": {**resolved_settings(cfg, model), "distill_method": t.distill_method,
+                         "lora": cfg.lora.enabled, **getattr(model, "distill_build_info", {})}}
+
+
+def save_trained(trainer: Any, tokenizer: Any, cfg: StudentConfig, out: Path, sampling=None) -> Path:
+    """Write the trained student as a plain model (LoRA merged) with the aligned EOS, from the main process.
+
+    Sharded runs (ZeRO-3, FSDP) gather the full weights through ``trainer.save_model`` (every rank must call it);
+    a QLoRA or sharded LoRA adapter is merged into a bf16 reload of the base afterwards."""
+    model = trainer.model
+    align_eos(model, tokenizer, sampling)
+    sharded = bool(getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
+    peft = is_peft_model(model)
+    if sharded or (peft and (is_quantized(model) or not cfg.lora.merge)):
+        target = out.parent / "adapter" if peft else out
+        trainer.save_model(str(target))  # collective: gathers the shards on the main process
+        if distributed.is_main_process():
+            if peft and cfg.lora.merge:
+                if not cfg.base:
+                    raise DistillError("merging a sharded/QLoRA adapter needs the student's 'base'", where=str(out))
+                from .model import _ref, apply_config_overrides
+                from transformers import AutoConfig
+
+                base_config = apply_config_overrides(AutoConfig.from_pretrained(_ref(cfg.base)), cfg)
+                merge_adapter_folder(_ref(cfg.base), target, out, config=base_config,
+                                     vocab_size=model.get_input_embeddings().weight.shape[0])
+            elif peft:
+                out = target
+            tokenizer.save_pretrained(out)
+            model.generation_config.save_pretrained(out)
+    elif distributed.is_main_process():
+        save_model(model, tokenizer, out)
+    trainer.accelerator.wait_for_everyone()
+    return out
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path) -> None:

@@ -1,0 +1,89 @@
+"""Gives a real base model (Qwen2.5, Llama 3) the R1-Distill chat format its tokenizer lacks.
+
+Why: a student SFT'd from a base that keeps its own end-of-turn token (``<|im_end|>``, ``<|eot_id|>``) while the
+training text ends in R1's ``<｜end▁of▁sentence｜>`` never stops (REFERENCE.md pitfall 1), and a student whose
+template is the official R1-Distill one loses its reasoning from the training text (pitfall 2). DeepSeek's
+R1-Distill models keep R1's format: the R1 markers are single special tokens of the student's tokenizer, its EOS
+is R1's, and its template renders the R1 layout. :func:`install_r1_format` does the same for any base: it adds the
+markers as special tokens (``<think>``/``</think>`` as plain added tokens, so they survive
+``skip_special_tokens``), makes R1's EOS/BOS/PAD the tokenizer's, installs distill's R1 template (the one that
+keeps the reasoning), and gives the new ids embedding rows: appended when the matrix has no spare rows (Llama 3's
+128,256 are all taken), reused when it has (Qwen2.5 pads its matrix), mean-initialised either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..chat_template import (ADDED_TOKENS, ASSISTANT, BOS, EOS, PAD, R1_CHAT_TEMPLATE, SPECIAL_TOKENS, TemplateError,
+                             USER, render_training_pair)
+from ..errors import DistillError
+
+
+def _check(tokenizer: Any) -> None:
+    render_training_pair(tokenizer, "1 + 1?", "1 + 1 = 2.", "\\boxed{2}")
+
+
+def has_r1_format(tokenizer: Any) -> bool:
+    """True when the tokenizer already renders R1 training pairs correctly, each marker is one token, and the
+    assistant turn ends with the tokenizer's EOS."""
+    vocab = tokenizer.get_vocab()
+    if tokenizer.eos_token != EOS or any(t not in vocab for t in (*SPECIAL_TOKENS, *ADDED_TOKENS)):
+        return False
+    if not getattr(tokenizer, "chat_template", None):
+        return False
+    try:
+        _check(tokenizer)
+    except Exception:  # TemplateError, or a Jinja error in a foreign template: not R1 either way
+        return False
+    return True
+
+
+def _mean_init_rows(model: Any, start: int, stop: int) -> None:
+    """Set rows [start, stop) of the input and output embeddings to the mean of the rows before them, the start
+    transformers' ``mean_resizing`` gives appended rows: new markers begin with an average, finite logit."""
+    import torch
+
+    layers = {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    with torch.no_grad():
+        for emb in layers.values():
+            w = emb.weight
+            w[start:stop] = w[:start].float().mean(0).to(w.dtype)
+
+
+def install_r1_format(tokenizer: Any, model: Any | None = None) -> dict[str, Any]:
+    """Add the R1 tokens and template to ``tokenizer`` in place and fit ``model``'s embeddings; returns what changed."""
+    vocab_before = len(tokenizer)
+    present = tokenizer.get_vocab()
+    tokenizer.add_special_tokens({"bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
+                                  "extra_special_tokens": [USER, ASSISTANT]},
+                                 replace_extra_special_tokens=False)  # the base's own specials stay special
+    tokenizer.add_tokens([t for t in ADDED_TOKENS if t not in present], special_tokens=False)
+    tokenizer.chat_template = R1_CHAT_TEMPLATE
+    info: dict[str, Any] = {"added_tokens": len(tokenizer) - vocab_before, "resized_embeddings": False}
+    if model is not None:
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=True)
+            info["resized_embeddings"] = True
+        elif len(tokenizer) > vocab_before:
+            _mean_init_rows(model, vocab_before, len(tokenizer))  # spare rows (Qwen2.5) were never trained
+        info["embedding_rows"] = model.get_input_embeddings().weight.shape[0]
+    try:
+        _check(tokenizer)
+    except TemplateError as exc:  # pragma: no cover - our own template; a failure here is a bug
+        raise DistillError(f"installing the R1 format failed: {exc}", where="distill/student/template.py") from None
+    return info
+
+
+def prepare_chat_format(tokenizer: Any, model: Any, mode: str, where: str) -> dict[str, Any]:
+    """Apply a StudentConfig.chat_format choice: ``r1`` installs, ``tokenizer`` insists on the tokenizer's own
+    template (and fails now, not after training, if it would corrupt the data), ``auto`` installs only if needed."""
+    if mode == "tokenizer" or (mode == "auto" and has_r1_format(tokenizer)):
+        try:
+            _check(tokenizer)
+        except Exception as exc:  # TemplateError, or no/foreign template (ValueError, Jinja errors)
+            raise DistillError(f"the tokenizer's chat template cannot render R1 training data: {exc} "
+                               "(set chat_format: r1 to install distill's template)", where=where) from None
+        return {"chat_format": "tokenizer", "added_tokens": 0, "resized_embeddings": False}
+    return {"chat_format": "r1", **install_r1_format(tokenizer, model)}

@@ -1,0 +1,189 @@
+"""The student recipes, launch configs and machine-dependent choices say what they mean.
+
+Why: the full-scale recipes cannot train here, so what can be checked on a CPU is checked: every recipe validates
+and its global batch divides over its GPUs; every accelerate config loads with accelerate's own reader; the ``auto``
+rules pick flash-attention/Liger/bf16/trackers only where they exist (and warn when a recipe asks for what is
+missing); the TrainConfig fields reach TRL's arguments; and the FLOPs arithmetic behind the MFU benchmark matches
+torch's FLOP counter on a real model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.config import StudentConfig, TrainConfig, load_entry
+from distill.errors import DistillError
+from distill.student import distributed, efficiency
+from distill.student.flops import QWEN25_1_5B, Shape, forward_flops, matmul_params, mfu, training_flops
+
+ROOT = Path(__file__).resolve().parent.parent
+R1_RECIPES = sorted((ROOT / "students").glob("r1-distill-*.yaml"))
+BASES = {"Qwen/Qwen2.5-Math-1.5B", "Qwen/Qwen2.5-Math-7B", "meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-14B",
+         "Qwen/Qwen2.5-32B", "meta-llama/Llama-3.3-70B-Instruct"}
+
+
+def _accelerate_config(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    return load_config_from_file(str(path))
+
+
+def test_recipes_cover_the_six_bases_and_are_consistent():
+    seen = set()
+    for path in R1_RECIPES:
+        s = load_entry("student", str(path))
+        t, p = s.train, s.train.parallel
+        seen.add(s.base)
+        assert s.chat_format == "r1" and t.max_length >= 16384, path.name
+        assert path.read_text().startswith("#"), f"{path.name} must say where its numbers come from"
+        gpus = p.nodes * p.gpus_per_node
+        ga = distributed.gradient_accumulation(t, gpus)  # raises if the global batch does not divide
+        dp = gpus // (p.sequence_parallel_size * p.context_parallel_size)
+        assert ga * dp * t.per_device_train_batch_size == t.global_batch_size
+        kind = _accelerate_config(ROOT / p.accelerate_config).distributed_type.value
+        if s.lora.enabled:
+            assert gpus == 1 and kind == "NO", path.name
+        if "Math" in s.base:  # 4k native context -> the open reproduction's 32k RoPE stretch
+            assert s.rope_theta == 300_000 and s.max_position_embeddings == 32768
+        if not s.lora.enabled and ("32B" in s.base or "70B" in s.base):
+            assert p.nodes > 1 and kind in ("DEEPSPEED", "FSDP")
+        if p.context_parallel_size > 1:
+            assert not t.packing and kind == "FSDP"
+        if p.sequence_parallel_size > 1:
+            assert kind == "DEEPSPEED"
+    assert seen == BASES
+    seven = load_entry("student", "r1-distill-qwen-7b").train
+    assert (seven.learning_rate, seven.num_train_epochs, seven.global_batch_size, seven.max_grad_norm,
+            seven.lr_scheduler_kwargs, seven.warmup_ratio) == (4e-5, 5, 128, 0.2, {"min_lr_rate": 0.1}, 0.03)
+
+
+def test_accelerate_configs_load():
+    kinds = {p.stem: _accelerate_config(p) for p in (ROOT / "configs" / "accelerate").glob("*.yaml")}
+    assert kinds["ddp"].distributed_type.value == "MULTI_GPU"
+    assert kinds["zero2"].deepspeed_config["zero_stage"] == 2
+    assert kinds["zero3"].deepspeed_config["zero_stage"] == 3
+    assert kinds["zero3"].deepspeed_config["zero3_save_16bit_model"]  # save_trained gathers a plain checkpoint
+    assert kinds["fsdp2"].fsdp_config["fsdp_version"] == 2
+    assert kinds["fsdp2"].fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_slurm_template_is_valid_bash():
+    import subprocess
+
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "slurm_train.sbatch")], check=True)
+
+
+def test_existing_student_fields_still_work():
+    tiny = load_entry("student", "tiny-arith-student")
+    assert tiny.train.save_steps == 200 and tiny.train.bf16 is None and tiny.chat_format == "auto"
+    t = TrainConfig(bf16=False, packing=True, gradient_checkpointing=True)
+    assert t.bf16 is False and t.packing_strategy == "bfd"
+    with pytest.raises(Exception, match="mutually exclusive"):
+        TrainConfig(parallel={"sequence_parallel_size": 2, "context_parallel_size": 2})
+
+
+def test_auto_rules():
+    r = efficiency.resolve_attn_implementation
+    assert r("auto", cuda=False, have=["flash_attention_2"]) == "sdpa"
+    assert r("auto", cuda=True, have=["flash_attention_2"]) == "flash_attention_2"
+    assert r("auto", cuda=True, have=[]) == "sdpa"
+    assert r("eager", cuda=True, have=[]) == "eager"
+    assert r("auto", cuda=False, have=[], packed=True) == "sdpa_varlen"  # packed without flash: per-document SDPA
+    assert r("auto", cuda=True, have=["flash_attention_2"], packed=True) == "flash_attention_2"
+    with pytest.warns(RuntimeWarning, match="flash_attn is not installed"):
+        assert r("flash_attention_2", cuda=True, have=[]) == "sdpa"
+    with pytest.warns(RuntimeWarning, match="no GPU"):
+        assert r("flash_attention_2", cuda=False, have=["flash_attention_2"]) == "sdpa"
+    assert efficiency.resolve_liger(None, cuda=True, have=True) is True
+    assert efficiency.resolve_liger(None, cuda=False, have=True) is False
+    with pytest.warns(RuntimeWarning, match="not installed"):
+        assert efficiency.resolve_liger(True, cuda=True, have=False) is False
+    assert efficiency.resolve_bf16(None, cuda=True, supported=True) is True
+    assert efficiency.resolve_bf16(None, cuda=False, supported=False) is False
+    with pytest.warns(RuntimeWarning):
+        assert efficiency.resolve_bf16(True, cuda=False, supported=False) is False
+    rt = efficiency.resolve_report_to
+    assert rt("auto", have_tensorboard=False, have_wandb=False) == []
+    assert rt("auto", have_tensorboard=True, have_wandb=True) == ["tensorboard", "wandb"]
+    assert rt("none", have_tensorboard=True) == [] and rt("wandb") == ["wandb"]
+    assert efficiency.resolve_padding_free(True, "bfd", None) and not efficiency.resolve_padding_free(True,
+                                                                                                      "wrapped", None)
+
+
+def test_global_batch_and_parallelism():
+    t = TrainConfig(per_device_train_batch_size=2, global_batch_size=128, parallel={"sequence_parallel_size": 2})
+    assert distributed.gradient_accumulation(t, 16) == 8  # 16 GPUs / SP 2 = 8 data-parallel x 2 x 8 = 128
+    assert distributed.gradient_accumulation(TrainConfig(gradient_accumulation_steps=3), 8) == 3
+    with pytest.raises(DistillError, match="not a multiple"):
+        distributed.gradient_accumulation(TrainConfig(global_batch_size=100, per_device_train_batch_size=3), 8)
+    with pytest.raises(DistillError, match="cannot be split"):
+        distributed.data_parallel_size(t.parallel, 3)
+    assert distributed.parallelism_config(TrainConfig().parallel) is None
+    sp = distributed.parallelism_config(t.parallel)
+    assert sp.sp_size == 2 and sp.sp_backend == "deepspeed" and sp.sp_handler.sp_seq_length_is_variable
+    cp = distributed.parallelism_config(TrainConfig(parallel={"context_parallel_size": 4}).parallel)
+    assert cp.cp_size == 4 and cp.cp_backend == "torch"
+
+
+def test_train_fields_reach_trl(tmp_path):
+    from tests.tiny_models import build_tiny_tokenizer
+
+    from distill.student.train import training_args
+
+    tok = build_tiny_tokenizer(tmp_path / "tok")
+    cfg = StudentConfig(init_config={}, train={"save_steps": 7, "packing": True, "lr_scheduler_type":
+                                               "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
+                                               "global_batch_size": 8, "per_device_train_batch_size": 2,
+                                               "report_to": "none", "max_grad_norm": 0.2})
+    args = training_args(cfg, tmp_path, tok)
+    assert args.save_steps == 7 and args.packing and args.padding_free and args.packing_strategy == "bfd"
+    assert args.gradient_accumulation_steps == 4 and args.max_grad_norm == 0.2
+    assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1} and args.report_to == []
+    assert args.include_num_input_tokens_seen == "non_padding"  # logs train_tokens_per_second of real tokens
+    assert args.bf16 is False and args.use_liger_kernel is False  # resolved for this CPU
+    assert args.completion_only_loss and args.eos_token == tok.eos_token
+
+
+def test_flops_match_torch_flop_counter():
+    """Eager attention is plain matmuls, so FlopCounterMode sees every FLOP: the arithmetic must match exactly
+    (counted over the full square; MFU uses the causal half)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    ids = torch.randint(0, 300, (1, 40))
+    with FlopCounterMode(display=False) as fwd:
+        model(input_ids=ids)
+    with FlopCounterMode(display=False) as train:
+        model(input_ids=ids, labels=ids).loss.backward()
+    shape = Shape.of(config)
+    assert fwd.get_total_flops() == forward_flops(shape, [40], causal=False)
+    assert train.get_total_flops() == training_flops(shape, [40], causal=False)
+    # packing: two documents of 20 score 2 x 20^2 pairs, not 40^2
+    assert forward_flops(shape, [20, 20], causal=False) < forward_flops(shape, [40], causal=False)
+
+
+def test_qwen_1_5b_flops_plan_for_the_gpu_benchmark():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(**QWEN25_1_5B)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert matmul_params(Shape.of(config)) == linear  # 1.54B: the published Qwen2.5-1.5B size (tied head)
+    assert 1.5e9 < linear < 1.6e9
+    spec = importlib.util.spec_from_file_location("gpu_mfu", ROOT / "benchmarks" / "gpu_mfu.py")
+    gpu_mfu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_mfu)
+    info = gpu_mfu.plan(16384)
+    # 6 x params per token + causal attention (12 x layers x hidden x mean context) per token
+    per_token = 6 * linear + 12 * 28 * 1536 * (16384 + 1) / 2
+    assert info["train_flops_per_token"] == pytest.approx(per_token, rel=1e-9)
+    assert gpu_mfu.doc_lengths(10, 3) == [4, 3, 3]
+    assert mfu(989e12 * 0.5, 1.0) == pytest.approx(0.5)

@@ -1,0 +1,142 @@
+"""Data-parallel training gives the same optimisation as one process at the same global batch.
+
+Why: the recipes for 7B-70B students run on 8-64 GPUs and state a *global* batch; per-process gradient accumulation
+is derived from the world size (distill/student/distributed.py). If sharding the batch across processes changed
+the data order or the loss normalisation, a multi-node run would silently train a different model than the recipe
+describes. Here the same tiny training runs as 1 process and as 2 processes (torchrun, gloo, CPU) at global
+batch 8, and the logged loss curves must agree.
+
+This file doubles as the worker script: ``torchrun ... tests/test_student_distributed.py TEACHER KEPT OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 4
+
+
+def _config():
+    from distill.student.miniature import tiny_student
+
+    # global batch 8: 1 process x 4 x accumulation 2, or 2 processes x 4 x accumulation 1; padded (not packed)
+    # batches so both runs see identical per-example tensors.
+    return tiny_student(max_steps=STEPS, per_device_train_batch_size=4, global_batch_size=8, save_steps=1000,
+                        seed=3, threads=1)
+
+
+def _train(teacher: str, kept: str, out: str) -> dict:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from distill.student.model import build_student
+    from distill.student.train import train_student
+
+    cfg = _config()
+    model, tok = build_student(cfg, teacher, seed=0)
+    return train_student(model, tok, cfg, kept, out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    from distill.student.miniature import write_kept
+    from tests.tiny_models import build_tiny_teacher
+
+    teacher = build_tiny_teacher(tmp_path / "teacher")
+    kept = write_kept(tmp_path / "kept", 32, seed=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), str(Path(__file__)), str(teacher), str(kept), str(tmp_path / "ddp")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    single = _train(str(teacher), str(kept), str(tmp_path / "single"))  # meanwhile, in this process
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+
+    assert single["settings"]["gradient_accumulation_steps"] == 2
+    assert ddp["settings"]["world_size"] == 2 and ddp["settings"]["gradient_accumulation_steps"] == 1
+    assert single["steps"] == ddp["steps"] == STEPS
+    one = [loss for _, loss in single["loss_curve"]]
+    two = [loss for _, loss in ddp["loss_curve"]]
+    assert len(one) == len(two) == STEPS
+    assert one[-1] < one[0]  # it trains
+    for a, b in zip(one, two):
+        assert abs(a - b) <= 1e-3 * abs(a), (one, two)  # identical here; allow all-reduce rounding
+    # only the main process wrote the model, and it is a complete one
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
+
+
+if __name__ == "__main__":  # a torchrun worker
+    _teacher, _kept, _out = sys.argv[1:4]
+    metrics = _train(_teacher, _kept, _out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(_out, "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_launch_entry_point_writes_the_stage_the_pipeline_reuses(tmp_path):
+    """``python -m distill.student.launch`` (what accelerate/torchrun/Slurm start) writes RUN/student exactly as
+    pipeline.stage_train would, so ``distill run`` afterwards skips training."""
+    import yaml
+
+    from distill.config import load_recipe
+    from distill.manifest import Stage
+    from distill.pipeline import stage_train
+    from distill.student.launch import main
+    from distill.student.miniature import TINY_INIT, write_kept
+    from tests.tiny_models import build_tiny_teacher
+
+    teacher = build_tiny_teacher(tmp_path / "teacher")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "launch", "data": "tiny-arith", "eval": "tiny-arith",
+        "teacher": {"model": str(teacher)},
+        "student": {"init_config": dict(TINY_INIT), "train": {"max_steps": 2, "per_device_train_batch_size": 4,
+                                                                "report_to": "none", "logging_steps": 1}}}))
+    run = tmp_path / "run"
+    write_kept(run / "filtered" / "kept", 8)
+    Stage("filter", run / "filtered", "test").finish()
+    assert main([str(recipe), "--out", str(run)]) == 0
+    manifest = json.loads((run / "student" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["metrics"]["steps"] == 2
+    assert (run / "student" / "init" / "config.json").exists() and (run / "student" / "model" / "config.json").exists()
+    again = stage_train(load_recipe(str(recipe)), run)  # same fingerprint: the pipeline reuses it, no retraining
+    assert again["finished_at"] == manifest["finished_at"]
+
+
+def test_checkpoints_every_save_steps_and_a_rerun_resumes(tmp_path):
+    """A long run killed mid-way (preemption, node failure) continues from its last checkpoint, not from zero."""
+    import warnings
+
+    from distill.student.miniature import tiny_student, write_kept
+    from distill.student.model import build_student
+    from distill.student.train import train_student
+    from tests.tiny_models import build_tiny_teacher
+
+    warnings.simplefilter("ignore")
+    teacher = str(build_tiny_teacher(tmp_path / "teacher"))
+    kept = write_kept(tmp_path / "kept", 16)
+    first_cfg = tiny_student(max_steps=4, save_steps=2)
+    model, tok = build_student(first_cfg, teacher)
+    first = train_student(model, tok, first_cfg, kept, tmp_path / "out")
+    saved = sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("checkpoint-*"))
+    assert saved == ["checkpoint-4"]  # save_total_limit 1
+
+    longer = tiny_student(max_steps=6, save_steps=2)  # the same run asked to go further
+    model, tok = build_student(longer, teacher)
+    second = train_student(model, tok, longer, kept, tmp_path / "out")
+    assert second["steps"] == 6
+    assert second["loss_curve"][:4] == first["loss_curve"]  # steps 1-4 come from the checkpoint, not retrained
+    assert (tmp_path / "out" / "checkpoints" / "checkpoint-6").exists()
