@@ -143,7 +143,8 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
     st.begin(force)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
     save_model(model, tokenizer, st.folder / "init")
-    metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder, sampling=recipe.teacher.sampling)
+    metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder, sampling=recipe.teacher.sampling,
+                            teacher_model=teacher_model_path(recipe))
     return st.finish(inputs={"kept": str(run / "filtered" / "kept")},
                      counts={"parameters": parameter_count(model), "examples": metrics["examples"]}, metrics=metrics)
 
