@@ -14,9 +14,10 @@ TINY_TEACHER = ROOT / "teachers" / "tiny-arith"
 
 # A small slice of the demo recipe: enough to exercise every stage for real in about a minute.
 SMALL_RUN = [
-    "--set", "data.train_size=96", "--set", "data.heldout_size=24",
+    "--set", "data.train_size=96",
     "--set", "teacher.sampling.n=2",
-    "--set", "student.train.num_train_epochs=3",
+    "--set", "student.train.max_steps=150",
+    "--set", "eval.benchmarks.0.limit=24",
     "--set", "eval.benchmarks.0.k=2",
 ]
 

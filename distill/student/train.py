@@ -157,6 +157,7 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             trainer = SFTTrainer(model=model, args=training_args(cfg, out_dir, tokenizer, model),
                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                  peft_config=lora_config_for(cfg, tokenizer, model), callbacks=callbacks)
+        quiet_progress(trainer)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         start = time.time()
         result = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
@@ -174,6 +175,45 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             "trainable_parameters": trainable,
             "settings": {**resolved_settings(cfg, model), "distill_method": t.distill_method,
                          "lora": cfg.lora.enabled, **getattr(model, "distill_build_info", {})}}
+
+
+class ProgressLine:
+    """One readable line per logging step (step, loss, learning rate, tokens/s, ETA) instead of the Trainer's
+    raw metric dicts; only the main process prints."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                outer.start, outer.first_step = time.time(), state.global_step
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if not state.is_world_process_zero or not logs or "loss" not in logs:
+                    return
+                from ..progress import console
+
+                done = state.global_step - outer.first_step
+                elapsed = time.time() - outer.start
+                eta = (state.max_steps - state.global_step) * elapsed / max(done, 1)
+                tok_s = logs.get("train_tokens_per_second")
+                console.print(f"train: step {state.global_step}/{state.max_steps} loss {float(logs['loss']):.4f} "
+                              f"lr {float(logs.get('learning_rate', 0)):.2e}"
+                              + (f" {float(tok_s):,.0f} tok/s" if tok_s else "") + f" ETA {eta:,.0f}s",
+                              highlight=False)
+
+        self.callback = _Callback()
+        self.start, self.first_step = time.time(), 0
+
+
+def quiet_progress(trainer: Any) -> None:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ProgressLine().callback)
 
 
 def save_trained(trainer: Any, tokenizer: Any, cfg: StudentConfig, out: Path, sampling=None) -> Path:
