@@ -79,7 +79,8 @@ def test_slurm_template_is_valid_bash():
 
 def test_existing_student_fields_still_work():
     tiny = load_entry("student", "tiny-arith-student")
-    assert tiny.train.save_steps == 200 and tiny.train.bf16 is None and tiny.chat_format == "auto"
+    assert TrainConfig().save_steps == 200 and tiny.train.save_steps == 250
+    assert tiny.train.bf16 is None and tiny.chat_format == "auto"
     t = TrainConfig(bf16=False, packing=True, gradient_checkpointing=True)
     assert t.bf16 is False and t.packing_strategy == "bfd"
     with pytest.raises(Exception, match="mutually exclusive"):
