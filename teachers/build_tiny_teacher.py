@@ -71,29 +71,42 @@ def corpus_texts(examples: Sequence[tuple[Prompt, str, str]]) -> list[str]:
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int = VOCAB_SIZE):
-    """Byte-level BPE with Qwen2's exact normalizer / pre-tokenizer / decoder, wrapped with the R1 template.
+    """Byte-level BPE with one token per digit, served through Qwen2's pipeline, wrapped with the R1 template.
 
-    Why Qwen2's pipeline: transformers 5 loads the tokenizer of any ``qwen2`` checkpoint through
-    ``Qwen2Tokenizer``, which rebuilds the pipeline from the vocab and merges with its own regex (and NFC). Training
-    with that same pipeline means ``AutoTokenizer.from_pretrained`` gives exactly the tokenizer the model was trained
-    with. The Qwen2 regex isolates every digit (``\\p{N}``), so ``12`` and ``17`` share structure and carries are
-    learnable; byte-level means every string (newlines, backslashes, unseen characters) round-trips exactly.
+    - Merges are learned with digits isolated before a GPT-2-style byte-level split, so ``12`` and ``17`` share
+      structure and carries are learnable; byte-level means every string (newlines, backslashes, unseen characters)
+      round-trips exactly.
+    - The saved pipeline (normalizer, pre-tokenizer, decoder) is Qwen2's own: transformers 5 loads any ``qwen2``
+      checkpoint's tokenizer through ``Qwen2Tokenizer``, which rebuilds the pipeline from vocab and merges with its
+      regex (which also isolates digits) and NFC. Saving that same pipeline makes ``tokenizer.json``,
+      ``AutoTokenizer`` and any other consumer agree. This function checks that both pipelines encode the whole
+      corpus to the same ids, so the committed weights do not depend on which one a consumer uses.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
+
+    learned = [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    served = [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+    if learned != served:
+        raise AssertionError("Qwen2's pre-tokenizer encodes the corpus differently from the one the merges "
+                             "were learned with")
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                  model_max_length=512, clean_up_tokenization_spaces=False)
     hf.chat_template = R1_CHAT_TEMPLATE

@@ -36,7 +36,7 @@ from distill.tasks import arithmetic  # noqa: E402
 # The student the real SFT stage should copy: ~7x fewer parameters than the teacher, head_dim 32.
 STUDENT_CONFIG = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=2)
-STUDENT_TRAIN = dict(steps=1600, batch_size=32, lr=3e-3, warmup=100, weight_decay=0.1)
+STUDENT_TRAIN = dict(steps=1500, batch_size=32, lr=3e-3, warmup=100, weight_decay=0.1)
 TIME_LIMIT_S = None  # the budget is the step count (deterministic); --time-limit adds a wall-clock cap
 N_SAMPLE = 1200      # train problems sampled from the teacher
 MAX_TRACES = 1000    # correct traces kept for SFT
