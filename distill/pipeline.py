@@ -92,8 +92,12 @@ def stage_generate(recipe: ResolvedRecipe, run: Path, force: bool = False,
     if counts["prompts_missing"]:
         raise DistillError(f"{counts['prompts_missing']} prompts failed ({backend_stats(backend)}); "
                            "rerun the same command to retry only those", where=str(st.folder))
+    from .teacher.ledger import UsageLedger
+
+    ledger = UsageLedger(st.folder)
     return st.finish(inputs={"prompts": str(run / "prompts" / "train"), "teacher": t.model, "shard": shard},
-                     counts=counts, tokens=backend_stats(backend))
+                     counts=counts | {"runs": ledger.runs()}, tokens=ledger.totals(),
+                     tokens_this_run=backend_stats(backend))
 
 
 def stage_merge(recipe: ResolvedRecipe, run: Path, n_shards: int, force: bool = False) -> dict[str, Any]:

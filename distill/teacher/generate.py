@@ -2,7 +2,8 @@
 
 Each prompt's samples are appended together and fsynced as soon as the backend returns them. On rerun the store's
 torn tail is cut, the ids already on disk are skipped, and prompts with some samples missing get only the missing
-ones written, so nothing is lost or duplicated.
+ones written, so nothing is lost or duplicated. Spend (tokens, requests, money) goes to the stage's usage ledger
+(``ledger.py``) after each save, so resumed runs add up to the true total.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ from typing import Any
 
 from ..progress import StageProgress
 from ..records import Prompt, Sampling, ShardedJsonlStore
+from .ledger import UsageLedger
+
+
+def _stats(backend: Any) -> dict[str, Any]:
+    stats = getattr(backend, "stats", {})
+    return stats.to_dict() if hasattr(stats, "to_dict") else dict(stats)
 
 
 def generate_to_store(prompts: list[Prompt], backend: Any, sampling: Sampling, out_dir: str | Path,
                       description: str = "generate") -> dict[str, Any]:
-    """Generate ``sampling.n`` samples per prompt into ``out_dir`` (sharded JSONL). Returns counts."""
+    """Generate ``sampling.n`` samples per prompt into ``out_dir`` (sharded JSONL). Returns counts; the spend of
+    this run and of all runs into ``out_dir`` is in ``UsageLedger(out_dir)``."""
     store = ShardedJsonlStore(out_dir).open()
+    ledger = UsageLedger(out_dir).open()
+    spent_before = ledger.totals().get("cost_usd", 0.0)
     try:
         have = Counter(rec["prompt_id"] for rec in store)
         existing = store.existing_ids() if have else set()
@@ -31,10 +41,14 @@ def generate_to_store(prompts: list[Prompt], backend: Any, sampling: Sampling, o
             for group in backend.generate(todo, replace(sampling)):
                 fresh = [g.to_dict() for g in group if g.id not in existing]
                 written += store.append(fresh)
+                ledger.record(_stats(backend))
                 cost = getattr(getattr(backend, "stats", None), "cost_usd", None)
-                bar.advance(1, tokens=sum(g.completion_tokens for g in group), cost=cost)
+                bar.advance(1, tokens=sum(g.completion_tokens for g in group),
+                            cost=None if cost is None else spent_before + cost)
     finally:
         store.close()
+        ledger.record(_stats(backend))  # spend after the last save (retries, failed prompts), unless killed
+        ledger.close()
     done = Counter(rec["prompt_id"] for rec in store)
     missing = sum(1 for p in prompts if done.get(p.id, 0) < sampling.n)
     return {"prompts": len(prompts), "prompts_resumed": resumed, "prompts_missing": missing,

@@ -139,7 +139,8 @@ class ChatServer:
         self.config = config
         self.model = _LocalModel(config.model_dir) if config.model_dir else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-model")
-        self.counts: dict[str, int] = {"requests": 0, "ok": 0, **{k: 0 for k in FAULT_KINDS}, "401": 0}
+        self.counts: dict[str, int] = {"requests": 0, "ok": 0, **{k: 0 for k in FAULT_KINDS}, "401": 0,
+                                       "prompt_tokens": 0, "completion_tokens": 0}
         self._seen_prompts: set[str] = set()
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/v1/chat/completions", self.chat)
@@ -218,6 +219,8 @@ class ChatServer:
                 msg = {"role": "assistant", "content": tail.lstrip() if sep else None, field_name: head}
             choices.append({"index": i, "message": msg, "finish_reason": finish, "logprobs": None})
         completion_tokens = sum(o[2] for o in outs)
+        self.counts["prompt_tokens"] += prompt_tokens  # what the server billed, for tests of the client's ledger
+        self.counts["completion_tokens"] += completion_tokens
         usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                                  "total_tokens": prompt_tokens + completion_tokens}
         if self.config.deepseek_usage:
