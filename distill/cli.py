@@ -59,12 +59,27 @@ def teacher_generate(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny")
                      force: ForceOpt = False,
                      shard: Annotated[Optional[str], typer.Option(
                          help="Only shard i of n (e.g. 0/4), for one data-parallel replica; join with "
-                              "`distill teacher merge`.")] = None) -> None:
+                              "`distill teacher merge`.")] = None,
+                     replicas: Annotated[Optional[int], typer.Option(
+                         help="Run N data-parallel replicas as Ray tasks (one engine each, TP x PP GPUs for vLLM) "
+                              "and merge them.")] = None,
+                     ray_address: Annotated[Optional[str], typer.Option(
+                         help="Ray cluster to use with --replicas (auto, ray://HOST:10001); default: start a "
+                              "local one.")] = None) -> None:
     """Write the recipe's prompts and sample the teacher on them (resumable; RUN/generations/)."""
     from .pipeline import stage_generate, stage_prompts
     from .teacher.shard import parse_shard
 
     r = _recipe(recipe, set_)
+    if replicas is not None:
+        from .teacher.ray_launch import run_replicas
+
+        if shard:
+            raise DistillError("--shard and --replicas exclude each other: --replicas runs every shard itself")
+        m = run_replicas(r, out, replicas, address=ray_address, force=force)
+        typer.echo(f"generations: {m['counts']['samples_total']} samples from {replicas} replicas -> "
+                   f"{out / 'generations'}")
+        return
     part = parse_shard(shard) if shard else None
     stage_prompts(r, out)
     m = stage_generate(r, out, force=force, shard=part)
