@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from ..chat_template import THINK_CLOSE, THINK_OPEN
+from .backends.openai_http import new_event_loop
 
 FAULT_KINDS = ("429", "500", "drop", "hang", "nonjson", "badschema")
 CANNED_COMPLETION = "The two numbers add up to 4.\n</think>\n\nThe answer is \\boxed{4}."
@@ -246,7 +247,7 @@ class ServerThread:
 
     def __init__(self, config: ServerConfig, host: str = "127.0.0.1", port: int = 0):
         self.server = ChatServer(config)
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._error: BaseException | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, args=(host, port), name="chat-server", daemon=True)
@@ -340,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
             await runner.cleanup()
 
     try:
-        asyncio.run(serve())
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve())
     except KeyboardInterrupt:
         pass
 

@@ -190,6 +190,16 @@ def split_tokens(total: int, texts: list[str]) -> list[int]:
     return shares
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (vLLM and SGLang already depend on it): it roughly halves the event loop's CPU per
+    request, which is what bounds a client holding 1,000 requests open on a few cores; asyncio's loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def raise_nofile_limit(wanted: int) -> None:
     """Each open request holds a socket; lift the soft open-files limit toward the hard one if it is too low."""
     try:
@@ -280,7 +290,7 @@ class OpenAIChatBackend:
     def generate(self, prompts: list[Prompt], sampling: Sampling) -> Iterator[list[Generation]]:
         """Yield each prompt's n generations as soon as they are all in; failed prompts are left out (see stats)."""
         results: queue.Queue = queue.Queue()
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop()
         main: dict[str, asyncio.Task] = {}
 
         def run() -> None:
