@@ -49,6 +49,8 @@ class DataConfig(Strict):
     domain: str = Field("math", description="default domain when the source has none (math, code, choice)")
     fields: dict[str, str] = Field(default_factory=dict, description="our field -> source field")
     limit: int | None = Field(None, ge=1, description="read at most this many rows per split")
+    on_bad_row: Literal["fail", "skip"] = Field("fail", description="a malformed line or a row missing a mapped "
+                                                "field: stop with its file:line (fail) or report it and go on (skip)")
     licence: str = "apache-2.0"
     description: str = ""
 
@@ -255,7 +257,8 @@ class TrainConfig(Strict):
     """Student training. Defaults suit the CPU demo; the full-scale recipes in students/ say where theirs come from.
 
     ``null``/``auto`` settings are resolved on the machine that trains (distill/student/efficiency.py): bf16 and
-    flash-attention on a GPU that has them, Liger kernels when installed, TensorBoard/W&B when installed."""
+    flash-attention on a GPU that has them, Liger kernels (as Hub kernels) when the kernels package is installed,
+    TensorBoard/W&B when installed."""
     learning_rate: float = Field(1e-5, gt=0)
     lr_scheduler_type: str = "cosine"
     lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {min_lr_rate: 0.1} for "
@@ -278,7 +281,8 @@ class TrainConfig(Strict):
     attn_implementation: Literal["auto", "flash_attention_2", "flash_attention_3", "sdpa", "sdpa_varlen",
                                  "eager"] = Field(
         "auto", description="auto: flash_attention_2 when importable on a GPU, else sdpa (sdpa_varlen when packed)")
-    use_liger_kernel: bool | None = Field(None, description="null: on when liger-kernel is installed and on a GPU")
+    use_liger_kernel: bool | None = Field(None, description="Liger's Triton kernels, loaded as transformers Hub "
+                                          "kernels; null: on when the kernels package is installed and on a GPU")
     gradient_checkpointing: bool = False
     bf16: bool | None = Field(None, description="null: on when the GPU supports bf16; off on CPU")
     logging_steps: int = 10

@@ -54,12 +54,21 @@ def stage_prompts(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dic
     if st.is_complete() and not force:
         return st.reused()
     st.begin(force)
-    counts = {}
+    from .data.prompts import BadRows
+
+    counts: dict[str, Any] = {}
+    skipped: dict[str, list[str]] = {}
     for split in ("train", "heldout"):
-        prompts = load_prompts(recipe.data, split)
+        bad = BadRows(recipe.data.on_bad_row)
+        prompts = load_prompts(recipe.data, split, bad=bad)
         write_jsonl_atomic(run / "prompts" / split / "shard-00000.jsonl", [p.to_dict() for p in prompts])
         counts[split] = len(prompts)
-    return st.finish(counts=counts)
+        if bad.where:
+            counts[f"{split}_skipped"] = len(bad.where)
+            skipped[split] = bad.where
+            console.print(f"[yellow]{split}: skipped {len(bad.where)} bad rows[/yellow] (listed in "
+                          f"{run / 'prompts' / 'manifest.json'})")
+    return st.finish(counts=counts, skipped_rows=skipped)
 
 
 def _prompts(run: Path, split: str):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from distill.config import load_recipe
 from distill.errors import DistillError
+from distill.records import ShardedJsonlStore
 from tests.conftest import run_cli
 
 
@@ -74,3 +77,35 @@ def test_cli_missing_model_folder(tmp_path):
     proc = run_cli("teacher", "generate", "tiny", "--out", str(tmp_path / "out"),
                    "--set", "teacher.model=/nonexistent/model", "--set", "data.train_size=2")
     assert proc.returncode == 2 and "/nonexistent/model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_prompt_rows_skipped_by_flag_are_reported_with_their_lines(tmp_path):
+    """``data.on_bad_row=skip``: malformed lines, non-UTF-8 bytes and rows missing a mapped field are skipped, each
+    reported with file:line, and listed in the prompts manifest; the good rows go on to generation."""
+    train = tmp_path / "p-train.jsonl"
+    train.write_bytes(b'{"q": "1+1", "a": "2"}\n'
+                      b'\n'
+                      b'{"q": "2+2", "a": \n'                 # line 3: cut short
+                      b'{"q": "3+3"}\n'                        # line 4: no answer field
+                      b'{"q": "\xff\xfe", "a": "1"}\n'         # line 5: not UTF-8
+                      b'[1, 2]\n'                              # line 6: not an object
+                      b'{"q": "4+4", "a": "8"}\n')
+    (tmp_path / "p-heldout.jsonl").write_text('{"q": "5+5", "a": "10"}\n')
+    args = ["teacher", "generate", "tiny", "--set", "data.kind=jsonl",
+            "--set", f"data.path={tmp_path}/p-{{split}}.jsonl", "--set", "data.fields.problem=q",
+            "--set", "data.fields.answer=a", "--set", "teacher.sampling.n=1"]
+    strict = run_cli(*args, "--out", str(tmp_path / "strict"))
+    assert strict.returncode == 2 and f"{train}:3: malformed record" in strict.stderr
+    assert "on_bad_row=skip" in strict.stderr and "Traceback" not in strict.stderr
+
+    proc = run_cli(*args, "--out", str(tmp_path / "out"), "--set", "data.on_bad_row=skip")
+    assert proc.returncode == 0, proc.stderr
+    shown = proc.stdout + proc.stderr
+    for line in (3, 4, 5, 6):
+        assert f"{train}:{line}" in shown
+    manifest = json.loads((tmp_path / "out" / "prompts" / "manifest.json").read_text())
+    assert manifest["counts"]["train"] == 2 and manifest["counts"]["train_skipped"] == 4
+    assert manifest["skipped_rows"]["train"] == [f"{train}:{n}" for n in (3, 4, 5, 6)]
+    problems = [r["problem"] for r in ShardedJsonlStore(tmp_path / "out" / "prompts" / "train")]
+    assert problems == ["1+1", "4+4"]
+    assert ShardedJsonlStore(tmp_path / "out" / "generations").count() == 2

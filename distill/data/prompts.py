@@ -3,20 +3,42 @@ dataset, mapping the source's field names onto ours (``fields: {problem: questio
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..catalog import resolve_path
 from ..config import DataConfig
 from ..errors import DistillError
-from ..records import Prompt, read_jsonl
+from ..records import Prompt
 
 SYNTHETIC = ("tiny-arith",)
 OUR_FIELDS = ("id", "problem", "answer", "domain", "tests", "choices")
 
 
-def load_prompts(cfg: DataConfig, split: str, limit: int | None = None) -> list[Prompt]:
-    """All prompts of one split (``train`` or ``heldout``), in a stable order."""
+class BadRows:
+    """Rows that could not become prompts. With ``on_bad_row: fail`` the first one is a DistillError naming its
+    file and line; with ``skip`` each is reported (the first few one by one) and counted for the manifest."""
+
+    SHOW = 10
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.where: list[str] = []
+
+    def __call__(self, where: str, why: str) -> None:
+        if self.mode == "fail":
+            raise DistillError(f"{why} (set data.on_bad_row=skip to report and skip such rows)", where=where)
+        self.where.append(where)
+        if len(self.where) <= self.SHOW:
+            from ..progress import console
+
+            console.print(f"[yellow]skipped[/yellow] {where}: {why}", highlight=False)
+
+
+def load_prompts(cfg: DataConfig, split: str, limit: int | None = None,
+                 bad: BadRows | None = None) -> list[Prompt]:
+    """All prompts of one split (``train`` or ``heldout``), in a stable order. Skipped rows land in ``bad``."""
     if cfg.kind == "synthetic":
         if cfg.generator not in SYNTHETIC:
             raise DistillError(f"unknown synthetic generator '{cfg.generator}' (known: {', '.join(SYNTHETIC)})",
@@ -26,17 +48,30 @@ def load_prompts(cfg: DataConfig, split: str, limit: int | None = None) -> list[
         n = cfg.train_size if split == "train" else cfg.heldout_size
         prompts = make_problems(split, n, seed=cfg.seed)
     else:
-        prompts = list(_mapped(cfg, split))
+        prompts = list(_mapped(cfg, split, bad if bad is not None else BadRows(cfg.on_bad_row)))
     limit = limit or cfg.limit
     return prompts[:limit] if limit else prompts
 
 
-def _rows(cfg: DataConfig, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _jsonl_rows(path: Path, bad: BadRows) -> Iterator[tuple[str, dict[str, Any]]]:
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except (UnicodeDecodeError, ValueError) as exc:
+                bad(f"{path}:{lineno}", f"malformed record ({exc.__class__.__name__}: {str(exc)[:80]})")
+                continue
+            yield f"{path}:{lineno}", rec
+
+
+def _rows(cfg: DataConfig, split: str, bad: BadRows) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, row) pairs; ``where`` names file and line for error messages."""
     if cfg.kind == "jsonl":
-        path = _path(cfg, split)
-        for lineno, rec in enumerate(read_jsonl(path), start=1):
-            yield f"{path}:{lineno}", rec
+        yield from _jsonl_rows(_path(cfg, split), bad)
         return
     from datasets import load_dataset
 
@@ -68,18 +103,27 @@ def _path(cfg: DataConfig, split: str) -> Path:
     return path
 
 
-def _mapped(cfg: DataConfig, split: str) -> Iterator[Prompt]:
+def _mapped(cfg: DataConfig, split: str, bad: BadRows) -> Iterator[Prompt]:
     mapping = {f: f for f in OUR_FIELDS} | cfg.fields
-    for n, (where, rec) in enumerate(_rows(cfg, split), start=1):
-        if cfg.limit and n > cfg.limit:
+    n = 0
+    for where, rec in _rows(cfg, split, bad):
+        if cfg.limit and n >= cfg.limit:
             break
-        for ours in ("problem",) + (("answer",) if "answer" in cfg.fields else ()):
-            if mapping[ours] not in rec:
-                raise DistillError(f"field '{mapping[ours]}' (mapped to {ours}) is missing", where=where)
+        missing = [f"field '{mapping[ours]}' (mapped to {ours}) is missing"
+                   for ours in ("problem",) + (("answer",) if "answer" in cfg.fields else ()) if mapping[ours] not in rec]
+        if missing:
+            bad(where, missing[0])
+            continue
+        n += 1
         row = {ours: rec.get(theirs) for ours, theirs in mapping.items() if rec.get(theirs) is not None}
         row.setdefault("id", f"{cfg.name}-{split}-{n:07d}")
         row["id"] = str(row["id"])
         row.setdefault("domain", cfg.domain)
         row["answer"] = None if row.get("answer") is None else str(row["answer"])
         row.update(source=cfg.name, split=split)
-        yield Prompt.from_dict(row, where=where)
+        try:
+            prompt = Prompt.from_dict(row, where=where)
+        except DistillError as exc:
+            bad(where, str(exc).removeprefix(f"{where}: "))
+            continue
+        yield prompt
