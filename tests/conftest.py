@@ -19,6 +19,7 @@ SMALL_RUN = [
     "--set", "student.train.max_steps=150",
     "--set", "eval.benchmarks.0.limit=24",
     "--set", "eval.benchmarks.0.k=2",
+    "--set", "compare_unfiltered=true",  # the filtering ablation: a second student on the unfiltered traces
 ]
 
 

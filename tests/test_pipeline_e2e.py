@@ -12,14 +12,32 @@ from tests.conftest import SMALL_RUN, run_cli
 
 def test_report_has_every_figure(small_run):
     report = json.loads((small_run / "report.json").read_text())
-    for label in ("teacher", "student_untrained", "student", "student_quantized"):
+    for label in ("teacher", "student_untrained", "student", "student_quantized", "student_unfiltered"):
         assert 0 <= report[label]["pass@1"] <= 100, label
     f = report["filter"]
     assert f["generated"] == 96 * 2
     assert f["kept"] + sum(f["rejected"].values()) == f["generated"]
     assert f["rejected"], "the tiny teacher is sometimes wrong, so something must be rejected"
-    assert set(report["stages"]) == {"prompts", "generate", "filter", "train", "quantize", "eval", "export"}
+    assert set(report["stages"]) == {"prompts", "generate", "filter", "train", "train_unfiltered", "quantize", "eval",
+                                     "export"}
     assert (small_run / "report.png").stat().st_size > 1000
+
+
+def test_unfiltered_ablation_trains_on_every_renderable_trace(small_run):
+    """compare_unfiltered: the second student saw the traces the filter rejected too, with the same settings."""
+    kept = json.loads((small_run / "filtered" / "manifest.json").read_text())["counts"]["kept"]
+    m = json.loads((small_run / "student-unfiltered" / "manifest.json").read_text())
+    traces = list(ShardedJsonlStore(small_run / "student-unfiltered" / "traces"))
+    assert m["counts"]["traces"] == len(traces) > kept
+    assert m["counts"]["traces"] + m["counts"]["unrenderable_skipped"] == 96 * 2
+    wrong = {r["id"] for r in ShardedJsonlStore(small_run / "filtered" / "rejected")
+             if r["reject_reason"] == "wrong_answer"}
+    assert wrong and wrong <= {t["id"] for t in traces}, "wrong answers must be in the unfiltered data"
+    main = json.loads((small_run / "student" / "manifest.json").read_text())
+    assert m["config"] == main["config"]
+    assert (small_run / "student-unfiltered" / "model" / "model.safetensors").exists()
+    report = json.loads((small_run / "report.json").read_text())
+    assert "student_unfiltered" in report and report["student_unfiltered"]["pass@1"] >= 0
 
 
 def test_every_rejection_keeps_its_reason(small_run):
@@ -76,7 +94,7 @@ def test_rerun_skips_complete_stages(small_run):
     start = time.time()
     proc = run_cli("run", "tiny", "--out", str(small_run), *SMALL_RUN)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("already complete, skipped") == 7
+    assert proc.stderr.count("already complete, skipped") == 8  # every stage, the unfiltered ablation too
     assert time.time() - start < 60
 
 
