@@ -46,3 +46,14 @@ def test_replicas_and_shard_exclude_each_other(tmp_path):
     proc = run_cli("teacher", "generate", "tiny", "--out", str(tmp_path), "--replicas", "2", "--shard", "0/2")
     assert proc.returncode == 2 and "exclude each other" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_gpu_reservation_per_replica():
+    from distill.errors import DistillError
+    from distill.teacher.ray_launch import task_gpus
+
+    assert task_gpus(8, [8.0, 8.0]) == 8        # TP=8 on one node: the task holds the node's 8 GPUs
+    assert task_gpus(16, [8.0, 8.0]) == 0       # TP=8 x PP=2: vLLM's Ray executor places the workers
+    assert task_gpus(0, [8.0]) == 0              # CPU teachers
+    with pytest.raises(DistillError, match="needs 16 GPUs"):
+        task_gpus(16, [8.0])

@@ -34,6 +34,23 @@ def gpus_for(recipe: ResolvedRecipe) -> float:
     return float(t.vllm.tensor_parallel_size * t.vllm.pipeline_parallel_size)
 
 
+def task_gpus(engine_gpus: float, node_gpus: list[float]) -> float:
+    """GPUs the replica's Ray task itself reserves.
+
+    An engine that fits on one node reserves its GPUs with the task (Ray pins CUDA_VISIBLE_DEVICES for it). One
+    that spans nodes (R1 at TP=8 x PP=2 on 8-GPU nodes) cannot be one task's reservation; the task then reserves
+    none and vLLM's Ray executor places the engine's workers across nodes itself."""
+    if engine_gpus <= 0:
+        return 0.0
+    largest = max(node_gpus, default=0.0)
+    if engine_gpus > largest:
+        if sum(node_gpus) < engine_gpus:
+            raise DistillError(f"each replica needs {engine_gpus:g} GPUs (TP x PP) but the Ray cluster has "
+                               f"{sum(node_gpus):g}")
+        return 0.0
+    return engine_gpus
+
+
 def _replica(recipe: ResolvedRecipe, run: str, index: int, n: int, force: bool) -> dict[str, Any]:
     """Body of one Ray task: the sharded generate stage, with this replica's share of the node's CPUs."""
     from ..pipeline import stage_generate
@@ -65,17 +82,17 @@ def run_replicas(recipe: ResolvedRecipe, run: Path, replicas: int, *, address: s
         for folder in [run / "generations", *(run / "generations-parts" / f"{i}-of-{replicas}"
                                               for i in range(replicas))]:
             shutil.rmtree(folder, ignore_errors=True)
-    gpus = gpus_for(recipe) if gpus_per_replica is None else gpus_per_replica
     started_here = not ray.is_initialized()
     if started_here:
         kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": True,
                                   "configure_logging": False}
         ray.init(**(kwargs | (ray_init or {})))
     try:
-        have = ray.cluster_resources()
-        if gpus and have.get("GPU", 0) < gpus:
-            raise DistillError(f"each replica needs {gpus:g} GPUs (TP x PP) but the Ray cluster has "
-                               f"{have.get('GPU', 0):g}")
+        node_gpus = [n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+        gpus = task_gpus(gpus_for(recipe), node_gpus) if gpus_per_replica is None else gpus_per_replica
+        if gpus_for(recipe) and not gpus and recipe.teacher.vllm.distributed_executor_backend == "mp":
+            raise DistillError("the engine spans nodes (TP x PP > GPUs per node): set "
+                               "teacher.vllm.distributed_executor_backend=ray")
         task = ray.remote(_replica).options(num_cpus=cpus_per_replica, num_gpus=gpus, max_retries=max_retries,
                                             retry_exceptions=[OSError, ConnectionError])
         t0 = time.time()
