@@ -69,6 +69,48 @@ def test_lora_trains_and_exports_a_merged_plain_model(teacher, tmp_path):
     assert plain.generation_config.eos_token_id == eos
 
 
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_lora_trains_both_sides_of_the_r1_tokens_a_base_lacks(tmp_path, tie):
+    """A base without the R1 markers (chat_format r1 adds them): LoRA must train their input rows *and* their output
+    rows, or the student could read ``</think>`` but never learn to write it or to stop. TRL's fused loss reads the
+    output layer's weight directly, so this trains for real through SFTTrainer and looks at the rows: the new ones
+    moved on both sides, every base row stayed bit-identical, and the merged export computes the same logits as
+    the trained adapter (reloaded from the run's checkpoint onto a fresh build of the same base)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from distill.chat_template import ASSISTANT, EOS, THINK_CLOSE, THINK_OPEN, USER
+    from distill.student.train import train_student
+    from tests.test_student_base_model import _qwen_like_base
+
+    base, vocab_before = _qwen_like_base(tmp_path / "base", tie=tie)
+    cfg = tiny_student(max_steps=3, learning_rate=2e-2, save_steps=3)
+    cfg = cfg.model_copy(update={"base": str(base), "init_config": None, "chat_format": "r1",
+                                 "lora": cfg.lora.model_copy(update={"enabled": True, "r": 4, "alpha": 8})})
+    model, tok = build_student(cfg, teacher_model="unused")
+    new = list(range(vocab_before, len(tok)))
+    assert len(new) == 7 and model.distill_build_info["added_tokens"] == 7  # every R1 marker is new to this base
+    init_in = model.get_input_embeddings().weight.detach().clone()
+    init_out = model.get_output_embeddings().weight.detach().clone()
+    train_student(model, tok, cfg, write_kept(tmp_path / "kept", 12), tmp_path / "out")
+
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
+    w_in, w_out = plain.get_input_embeddings().weight, plain.get_output_embeddings().weight
+    ids = tok.convert_tokens_to_ids
+    for t in (THINK_OPEN, THINK_CLOSE, USER, ASSISTANT):  # read in every training text: input rows trained
+        assert not torch.equal(w_in[ids(t)], init_in[ids(t)]), t
+    for t in (THINK_CLOSE, EOS):  # predicted in every completion: output rows trained
+        assert not torch.equal(w_out[ids(t)], init_out[ids(t)]), t
+    frozen = [i for i in range(init_in.shape[0]) if i not in new]
+    assert torch.equal(w_in[frozen], init_in[frozen]) and torch.equal(w_out[frozen], init_out[frozen])
+
+    fresh, _ = build_student(cfg, teacher_model="unused")  # the same starting point, rebuilt
+    assert torch.equal(fresh.get_output_embeddings().weight, init_out)
+    trained = PeftModel.from_pretrained(fresh, str(tmp_path / "out" / "checkpoints" / "checkpoint-3"))
+    x = torch.tensor([tok("Mia has 3 apples.", add_special_tokens=False)["input_ids"] + [ids(THINK_CLOSE)]])
+    assert torch.allclose(_logits(plain, x), _logits(trained, x), atol=1e-5)  # merged == trained adapter
+
+
 def test_adapter_merged_into_a_reloaded_base(teacher, tmp_path):
     """The path QLoRA and sharded runs take: adapter on disk + unquantised reload of the base, merged."""
     from peft import LoraConfig, get_peft_model

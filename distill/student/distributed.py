@@ -10,7 +10,8 @@ accumulation is derived from the world size at launch, so one recipe trains with
 from __future__ import annotations
 
 import os
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from ..config import ParallelSettings, TrainConfig
 from ..errors import DistillError
@@ -61,3 +62,59 @@ def parallelism_config(parallel: ParallelSettings) -> Any:
                                  sp_handler=DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True,
                                                                             sp_attn_implementation="flash_attention_2"))
     return ParallelismConfig(cp_size=parallel.context_parallel_size, cp_backend="torch")
+
+
+def is_zero3_partitioned(model: Any) -> bool:
+    """True when DeepSpeed ZeRO-3 built ``model`` already partitioned (its parameters carry a ``ds_id``): each
+    process then holds a shard, and reading a weight needs a collective gather."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+@contextmanager
+def gathered(params: Iterable[Any], modifier_rank: int | None = None) -> Iterator[None]:
+    """The full values of ZeRO-3 partitioned ``params`` inside the block (``deepspeed.zero.GatheredParameters``);
+    a no-op for ordinary tensors, so callers need no ZeRO-3 branch. Collective: under ZeRO-3 every process must
+    enter it with the same parameters. ``modifier_rank``: the process whose in-block writes are kept (broadcast and
+    re-partitioned on exit); None for a read-only gather, which skips that broadcast."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+        yield
+
+
+def consolidated_state_dict(model: Any, is_main: bool,
+                            gather: Callable[[list[Any]], ContextManager[Any]] = gathered) -> dict[str, Any]:
+    """The full state dict of a ZeRO-3 partitioned model, on the main process (CPU copies); ``{}`` elsewhere.
+
+    Why this way: before ``accelerator.prepare`` there is no DeepSpeed engine, so the engine's
+    ``_zero3_consolidated_16bit_state_dict`` (what ``trainer.save_model`` uses under ``zero3_save_16bit_model``) is not
+    available; this is the same walk. One module's own parameters are gathered at a time, so no process ever holds
+    more than the largest layer in full (the embedding), while the main process collects CPU copies. Parameters are
+    keyed by ``ds_id`` (by object for ordinary tensors), so tied weights (embed_tokens/lm_head) come out as one
+    tensor under both names, which ``save_pretrained`` recognises and stores once. Every process must call this:
+    each gather is collective. Buffers are not partitioned by ZeRO-3: the persistent ones are copied as they are,
+    the non-persistent ones (RoPE's inverse frequencies) left out, as ``state_dict()`` does."""
+    state: dict[str, Any] = {}
+    seen: dict[Any, str] = {}
+
+    def walk(module: Any, prefix: str) -> None:
+        own = [p for _, p in module.named_parameters(recurse=False)]
+        with gather(own):
+            if is_main:
+                for name, param in module.named_parameters(recurse=False):
+                    key = getattr(param, "ds_id", id(param))
+                    state[prefix + name] = (state[seen[key]] if key in seen
+                                            else param.detach().to("cpu", copy=True))
+                    seen.setdefault(key, prefix + name)
+                for name, buf in module.named_buffers(recurse=False):
+                    if buf is not None and name not in module._non_persistent_buffers_set:
+                        state[prefix + name] = buf.detach().to("cpu", copy=True)
+        for name, child in module.named_children():
+            walk(child, f"{prefix}{name}.")
+
+    walk(model, "")
+    return state

@@ -68,14 +68,24 @@ def _varlen() -> str:
     return register()
 
 
+def hub_kernels_installed() -> bool:
+    """True when transformers can kernelize with the Hub ``kernels`` package (a version it supports)."""
+    from transformers.utils import is_kernels_available
+
+    return bool(is_kernels_available())
+
+
 def resolve_liger(requested: bool | None, *, cuda: bool | None = None, have: bool | None = None) -> bool:
-    """Liger's Triton kernels (fused RMSNorm/RoPE/SwiGLU and fused linear cross-entropy) need a GPU."""
+    """Liger's Triton kernels (fused RMSNorm, SwiGLU) need a GPU and, since TRL 1.16 deprecated the trainer's
+    ``use_liger_kernel``, transformers' Hub kernels (the ``kernels`` package loads the kernels-community Liger
+    build; train.hub_kernel_callbacks applies them). The recipe key keeps its name: it asks for the Liger kernels,
+    whichever way they are loaded."""
     cuda = cuda_available() if cuda is None else cuda
-    have = installed("liger_kernel") if have is None else have
+    have = hub_kernels_installed() if have is None else have
     if requested is None:
         return bool(cuda and have)
     if requested and not (cuda and have):
-        why = "liger-kernel is not installed" if not have else "no GPU is present"
+        why = "the kernels package (Hub kernels) is not installed" if not have else "no GPU is present"
         warnings.warn(f"the recipe asks for use_liger_kernel but {why}; training without it", RuntimeWarning,
                       stacklevel=2)
         return False

@@ -10,7 +10,9 @@ Launch (one node):   accelerate launch --config_file configs/accelerate/zero3.ya
                          RECIPE --out RUN [--set student.train.max_steps=10]
 Launch (Slurm):      sbatch --nodes 4 scripts/slurm_train.sbatch RECIPE RUN configs/accelerate/fsdp2.yaml
 Loading is sharding-aware: under ZeRO-3 the DeepSpeed config is registered before the weights load (each process
-materialises only its shard); under FSDP with cpu_ram_efficient_loading only rank 0 reads the checkpoint.
+materialises only its shard); under FSDP with cpu_ram_efficient_loading only rank 0 reads the checkpoint. The
+untrained baseline (RUN/student/init) is written either way: gathered from the shards under ZeRO-3
+(:func:`save_untrained`).
 """
 
 from __future__ import annotations
@@ -22,15 +24,46 @@ from pathlib import Path
 from typing import Any
 
 
-def zero3_init_guard(out_dir: Path) -> Any:
+def zero3_init_guard(out_dir: Path, bf16: bool) -> Any:
     """Under ``accelerate launch`` with a DeepSpeed config, creating TrainingArguments registers the DeepSpeed
     config (a weak reference transformers consults in from_pretrained), so ZeRO-3 builds the model already
-    partitioned. The returned object must stay alive until the model is loaded."""
+    partitioned. The returned object must stay alive until the model is loaded. ``bf16``: the precision the
+    training arguments will use (train.training_args), so the registered config agrees with them."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() not in ("1", "true"):
         return None
+    import torch
     from transformers import TrainingArguments
 
-    return TrainingArguments(output_dir=str(out_dir / "checkpoints"), bf16=True)
+    return TrainingArguments(output_dir=str(out_dir / "checkpoints"), bf16=bf16,
+                             use_cpu=not torch.cuda.is_available())
+
+
+def save_untrained(model: Any, tokenizer: Any, out: Path, is_main: bool) -> None:
+    """Write the untrained student (the eval stage's baseline) to ``out`` from the main process. Every process must
+    call it: under ZeRO-3 the weights are gathered collectively.
+
+    Why gather, and not save before partitioning or rebuild from the config and seed on rank 0: what the baseline
+    must hold is exactly the weights training starts from, and only the partitioned model holds them. Under
+    ``zero3_init_flag`` no process ever has the unpartitioned model (that is the point: a 32B student does not fit
+    one GPU); a random ``init_config`` student is initialised inside ``deepspeed.zero.Init``, whose random draws
+    differ from a one-process build with the same seed (most tensors differ, measured with DeepSpeed 0.19); and the
+    R1 rows a base gains (install_r1_format) may come from a random draw inside resize_token_embeddings. Gathering
+    the built model (distributed.consolidated_state_dict) reads the real weights, module by module, the way
+    DeepSpeed's own 16-bit save does, and writes them as an ordinary ``save_pretrained`` folder that loads without
+    DeepSpeed.
+
+    Without ZeRO-3 partitioning (one process, DDP, FSDP before ``prepare``) the main process already holds the
+    full model and saves it directly."""
+    from .distributed import consolidated_state_dict, is_zero3_partitioned
+    from .model import save_model
+
+    if not is_zero3_partitioned(model):
+        if is_main:
+            save_model(model, tokenizer, out)
+        return
+    state = consolidated_state_dict(model, is_main)
+    if is_main:
+        save_model(model, tokenizer, out, state_dict=state)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import DistillError
     from ..manifest import Stage
     from ..pipeline import need, teacher_model_path
-    from .model import build_student, save_model
+    from .efficiency import resolve_bf16
+    from .model import build_student
     from .train import train_student
 
     state = PartialState()  # joins the process group accelerate/torchrun set up (a no-op for one process)
@@ -64,13 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         if state.is_main_process:
             st.begin(args.force)
         state.wait_for_everyone()
-        guard = zero3_init_guard(st.folder)
+        guard = zero3_init_guard(st.folder, resolve_bf16(s.train.bf16))
         model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
         del guard
-        sharded_at_load = any(getattr(p, "ds_numel", None) is not None for p in model.parameters())
         params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full sizes
-        if state.is_main_process and not sharded_at_load:
-            save_model(model, tokenizer, st.folder / "init")  # the untrained baseline the eval stage compares to
+        save_untrained(model, tokenizer, st.folder / "init", state.is_main_process)  # the eval stage's baseline
         metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder,
                                 sampling=recipe.teacher.sampling, teacher_model=teacher_model_path(recipe))
         if state.is_main_process:

@@ -18,7 +18,8 @@ from ..errors import DistillError
 
 def peft_config(lora: LoraSettings, trainable_token_ids: list[int] | dict[str, list[int]] | None = None):
     """A PEFT LoraConfig for a causal LM, or None when LoRA is off. ``trainable_token_ids`` are embedding rows
-    trained in full (PEFT TrainableTokens): the R1 markers a base did not know, whose rows start untrained."""
+    trained in full (PEFT TrainableTokens), per layer name: the R1 markers a base did not know, whose rows start
+    untrained (see :func:`token_row_layers`)."""
     if not lora.enabled:
         return None
     from peft import LoraConfig
@@ -43,6 +44,46 @@ def quantization_config(lora: LoraSettings, where: str):
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+
+
+def ties_embeddings(model: Any) -> bool:
+    """True when the output layer shares its weight with the input embedding (Qwen2.5-1.5B, the tiny students)."""
+    out = model.get_output_embeddings()
+    return out is not None and out.weight is model.get_input_embeddings().weight
+
+
+def token_row_layers(model: Any, ids: list[int]) -> dict[str, list[int]]:
+    """PEFT ``trainable_token_indices`` that train rows ``ids`` of the input embedding and of the output layer.
+
+    Both sides matter for a marker the base never saw: the input row is what the student reads for ``</think>``
+    and the output row is what lets it *write* ``</think>`` and stop on EOS. An output layer tied to the input
+    embedding is left out: PEFT wraps it with the input layer's adapter itself, so one delta trains both. Layer
+    names are the modules' own (``embed_tokens``/``lm_head`` for Qwen2 and Llama)."""
+    names = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+    layers = {names[id(model.get_input_embeddings())]: list(ids)}
+    out = model.get_output_embeddings()
+    if out is not None and not ties_embeddings(model):
+        layers[names[id(out)]] = list(ids)
+    return layers
+
+
+def let_fused_head_read_token_rows(model: Any) -> None:
+    """Make TRL's fused LM head train the output rows of PEFT TrainableTokens; call once the trainer built the
+    PEFT model.
+
+    Why: TRL 1.16's SFTTrainer never calls the output layer. Its fused, chunked loss (trl add_fused_lm_head) reads
+    ``get_output_embeddings().weight`` and ``.bias`` and multiplies by them itself. On PEFT's TrainableTokensWrapper
+    ``weight`` is the base matrix with the trained rows spliced in (index_copy of the deltas: differentiable), so
+    the fused loss does reach and train the new rows, but the wrapper forwards no other attribute (peft 0.21), and
+    ``.bias`` raises AttributeError. Registering the wrapped layer's own bias on the wrapper (None for the
+    bias-free Qwen2/Llama heads, so nothing is added to any state dict) completes the lookup without changing what
+    is trained, merged or saved."""
+    from peft.utils.other import TrainableTokensWrapper
+
+    base = model.get_base_model() if is_peft_model(model) else model
+    head = base.get_output_embeddings()
+    if isinstance(head, TrainableTokensWrapper) and "bias" not in head._parameters:
+        head.register_parameter("bias", getattr(head.token_adapter.get_base_layer(), "bias", None))
 
 
 def is_peft_model(model: Any) -> bool:

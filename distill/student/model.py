@@ -125,9 +125,11 @@ def align_eos(model: Any, tokenizer: Any, sampling: SamplingConfig | None = None
         max_new_tokens=min(sampling.max_new_tokens, 32768))
 
 
-def save_model(model: Any, tokenizer: Any, out: str | Path) -> Path:
+def save_model(model: Any, tokenizer: Any, out: str | Path, state_dict: dict[str, Any] | None = None) -> Path:
     """Save a plain model: a LoRA adapter is merged first (merge_and_unload), so what lands in ``out`` loads with
-    AutoModelForCausalLM alone. A 4-bit (QLoRA) model cannot be merged in place: see lora.merge_adapter_folder."""
+    AutoModelForCausalLM alone. A 4-bit (QLoRA) model cannot be merged in place: see lora.merge_adapter_folder.
+    ``state_dict``: the weights to write instead of the model's own (a ZeRO-3 model's gathered full weights, see
+    distributed.consolidated_state_dict); the config and generation config still come from ``model``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if is_peft_model(model):
@@ -137,7 +139,7 @@ def save_model(model: Any, tokenizer: Any, out: str | Path) -> Path:
         generation_config = model.generation_config
         model = merge_lora(model)
         model.generation_config = generation_config
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     return out
 

@@ -41,14 +41,26 @@ def has_r1_format(tokenizer: Any) -> bool:
 
 def _mean_init_rows(model: Any, start: int, stop: int) -> None:
     """Set rows [start, stop) of the input and output embeddings to the mean of the rows before them, the start
-    transformers' ``mean_resizing`` gives appended rows: new markers begin with an average, finite logit."""
+    transformers' ``mean_resizing`` gives appended rows: new markers begin with an average, finite logit.
+
+    Under ZeRO-3 each process holds only a shard (an empty tensor): the weight is gathered, changed on rank 0 and
+    re-partitioned (every process runs this, as it runs build_student), else the write would silently miss."""
     import torch
 
+    from .distributed import gathered
+
     layers = {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
-    with torch.no_grad():
-        for emb in layers.values():
+    for emb in layers.values():
+        with gathered([emb.weight], modifier_rank=0), torch.no_grad():
             w = emb.weight
             w[start:stop] = w[:start].float().mean(0).to(w.dtype)
+
+
+def embedding_rows(model: Any) -> int:
+    """Rows of the input embedding matrix. Under ZeRO-3 the local tensor is an empty shard, so the full shape is
+    DeepSpeed's ``ds_shape``: reading ``.shape`` there would see 0 rows and resize a matrix that has spare ones."""
+    weight = model.get_input_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
 
 
 def install_r1_format(tokenizer: Any, model: Any | None = None) -> dict[str, Any]:
@@ -62,13 +74,13 @@ def install_r1_format(tokenizer: Any, model: Any | None = None) -> dict[str, Any
     tokenizer.chat_template = R1_CHAT_TEMPLATE
     info: dict[str, Any] = {"added_tokens": len(tokenizer) - vocab_before, "resized_embeddings": False}
     if model is not None:
-        rows = model.get_input_embeddings().weight.shape[0]
+        rows = embedding_rows(model)
         if len(tokenizer) > rows:
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=True)
             info["resized_embeddings"] = True
         elif len(tokenizer) > vocab_before:
             _mean_init_rows(model, vocab_before, len(tokenizer))  # spare rows (Qwen2.5) were never trained
-        info["embedding_rows"] = model.get_input_embeddings().weight.shape[0]
+        info["embedding_rows"] = embedding_rows(model)
     try:
         _check(tokenizer)
     except TemplateError as exc:  # pragma: no cover - our own template; a failure here is a bug

@@ -27,7 +27,8 @@ from ..records import ShardedJsonlStore
 from . import distributed
 from .efficiency import (resolve_attn_implementation, resolve_bf16, resolve_liger, resolve_padding_free,
                          resolve_report_to)
-from .lora import is_peft_model, is_quantized, merge_adapter_folder, peft_config
+from .lora import (is_peft_model, is_quantized, let_fused_head_read_token_rows, merge_adapter_folder,
+                   peft_config, token_row_layers)
 from .model import align_eos, save_model
 
 
@@ -64,7 +65,11 @@ def resolved_settings(cfg: StudentConfig, model: Any = None) -> dict[str, Any]:
 
 def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model: Any = None,
                   config_cls: Any = None, **extra: Any):
-    """The recipe as an SFTConfig (or ``config_cls``, e.g. GKDConfig), with auto settings resolved."""
+    """The recipe as an SFTConfig (or ``config_cls``, e.g. GKDConfig), with auto settings resolved.
+
+    ``use_liger_kernel`` is deliberately left at TRL's default (False): TRL 1.16 deprecates it (a FutureWarning on
+    every run that sets it) in favour of transformers' Hub kernels; the recipe's ``train.use_liger_kernel`` is
+    honoured by :func:`hub_kernel_callbacks` instead."""
     from trl import SFTConfig
 
     t = cfg.train
@@ -80,7 +85,7 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
         gradient_accumulation_steps=s["gradient_accumulation_steps"], max_length=t.max_length,
         max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, optim=t.optim, adam_beta2=t.adam_beta2,
         packing=t.packing, packing_strategy=t.packing_strategy, padding_free=s["padding_free"],
-        use_liger_kernel=s["use_liger_kernel"], gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing=t.gradient_checkpointing,  # Liger: hub_kernel_callbacks, not use_liger_kernel
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         bf16=s["bf16"], logging_steps=t.logging_steps, seed=t.seed,
         completion_only_loss=True, eos_token=tokenizer.eos_token,
@@ -108,20 +113,62 @@ def tensorboard_callbacks(cfg: StudentConfig, out_dir: Path) -> list[Any]:
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out_dir / "tensorboard")))]
 
 
-def lora_config_for(cfg: StudentConfig, tokenizer: Any, model: Any = None):
-    """LoRA config whose R1 marker input rows (think tags, User/Assistant: new ids for a base) are trained in full
-    (PEFT TrainableTokens), so the student learns what the new markers mean.
+def r1_token_ids(tokenizer: Any) -> list[int]:
+    """The ids of the R1 markers (BOS/EOS/PAD, User/Assistant, think tags) in ``tokenizer``."""
+    return sorted({i for i in tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS + ADDED_TOKENS)
+                   if i is not None and i != tokenizer.unk_token_id})
 
-    Input side only, and only for untied embeddings: TRL's fused LM head reads ``lm_head.weight`` directly, which
-    bypasses PEFT's trainable-token delta on an output layer (and fails on its wrapper). The output rows (EOS among
-    them) keep the mean initialisation install_r1_format gives them; the LoRA layers learn to reach them. Full
-    fine-tuning trains every row."""
-    ids = sorted({i for i in tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS + ADDED_TOKENS)
-                  if i is not None and i != tokenizer.unk_token_id})
-    tied = bool(model is not None and model.config.get_text_config().tie_word_embeddings)
-    if model is None or tied:
+
+def hub_kernel_callbacks(enabled: bool) -> list[Any]:
+    """Liger's Triton kernels through transformers' Hub kernels, applied when training begins (``enabled``: the
+    recipe's ``train.use_liger_kernel`` as efficiency.resolve_liger resolved it on this machine).
+
+    Why: TRL 1.16 deprecates ``use_liger_kernel`` in favour of the Hub kernels (``model_init_kwargs={"use_kernels":
+    True}``), but model_init_kwargs only reach a model TRL loads itself from a name, and ours comes built from
+    build_student. The instance equivalent is ``model.use_kernels = True`` (PreTrainedModel.set_use_kernels). It is
+    set at ``on_train_begin`` rather than at load because kernelize picks each kernel by the model's device and its
+    train/eval mode: a model still on the CPU (the Trainer moves it later) would get none. transformers
+    re-kernelizes by itself when the mode changes (``model.train()``/``eval()``, e.g. around GKD's generation).
+    TRL never used Liger's fused linear cross-entropy (its own fused LM head computes the loss), so the layer
+    kernels are the whole of what ``use_liger_kernel`` gave."""
+    if not enabled:
+        return []
+    from transformers import TrainerCallback
+
+    class HubKernels(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            apply_hub_kernels(model)
+
+    return [HubKernels()]
+
+
+def apply_hub_kernels(model: Any) -> None:
+    """Kernelize ``model`` (a PEFT wrapper's base) for training. A kernel that cannot be fetched (an offline node
+    without it in the Hub cache) warns and the layers stay as they are, as efficiency.py does for anything a
+    machine lacks."""
+    base = model.get_base_model() if is_peft_model(model) else model
+    base.train()
+    try:
+        base.use_kernels = True
+    except (ImportError, ValueError, OSError) as exc:
+        with warnings.catch_warnings():  # train_student silences library warnings while it trains; not this one
+            warnings.simplefilter("always")
+            warnings.warn(f"use_liger_kernel: the Hub kernels could not be applied ({exc}); training without them",
+                          RuntimeWarning, stacklevel=2)
+
+
+def lora_config_for(cfg: StudentConfig, tokenizer: Any, model: Any = None):
+    """LoRA config whose R1 marker rows (think tags, User/Assistant, EOS: new ids for a base) are trained in full
+    (PEFT TrainableTokens) in the input embedding *and* the output layer, so the student learns what the markers
+    mean and when to emit them (close its reasoning, stop). A base that lacks the markers starts those rows at the
+    mean initialisation install_r1_format gives them; LoRA on the linear layers alone cannot move them.
+
+    The output rows train through TRL's fused LM head (which reads the output layer's weight directly) because
+    PEFT's wrapper serves that weight with the trained rows spliced in; see lora.let_fused_head_read_token_rows.
+    Full fine-tuning trains every row."""
+    if model is None:
         return peft_config(cfg.lora)
-    return peft_config(cfg.lora, trainable_token_ids={"embed_tokens": ids})
+    return peft_config(cfg.lora, trainable_token_ids=token_row_layers(model, r1_token_ids(tokenizer)))
 
 
 def last_checkpoint(out_dir: Path) -> str | None:
@@ -143,7 +190,8 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
         torch.set_num_threads(t.threads)
     out_dir = Path(out_dir)
     rows = training_pairs(kept_dir, tokenizer)
-    callbacks = tensorboard_callbacks(cfg, out_dir)
+    settings = resolved_settings(cfg, model)
+    callbacks = tensorboard_callbacks(cfg, out_dir) + hub_kernel_callbacks(settings["use_liger_kernel"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if t.distill_method == "gkd":
@@ -157,6 +205,7 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             trainer = SFTTrainer(model=model, args=training_args(cfg, out_dir, tokenizer, model),
                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                  peft_config=lora_config_for(cfg, tokenizer, model), callbacks=callbacks)
+        let_fused_head_read_token_rows(trainer.model)
         quiet_progress(trainer)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         start = time.time()
@@ -173,7 +222,7 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             "loss_curve": [(h["step"], h["loss"]) for h in history],
             "lr_curve": [(h["step"], h["learning_rate"]) for h in history if "learning_rate" in h],
             "trainable_parameters": trainable,
-            "settings": {**resolved_settings(cfg, model), "distill_method": t.distill_method,
+            "settings": {**settings, "distill_method": t.distill_method,
                          "lora": cfg.lora.enabled, **getattr(model, "distill_build_info", {})}}
 
 
