@@ -16,6 +16,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,29 +91,37 @@ def cpu() -> tuple[float, float]:
     return t.user + t.system, t.children_user + t.children_system
 
 
-def bench_math(pairs: list[tuple[str, str]], workers: int) -> None:
-    print(f"== math verification: {len(pairs)} answers, {workers} workers vs one process")
+def bench_math(pairs: list[tuple[str, str]], workers: int, reps: int = 3) -> None:
+    """One process vs the guarded pool on the same answers, ``reps`` times alternating (the machine's noise hits
+    both alike); prints each run and the speed-up of the medians and of the bests."""
+    print(f"== math verification: {len(pairs)} answers, {workers} workers vs one process, {reps} alternating runs")
     check_math_batch(pairs[:50], inline=True)  # warm math-verify's lazy imports in this process
     load0 = os.getloadavg()[0]
-    c0 = cpu()
-    t0 = time.perf_counter()
-    single = check_math_batch(pairs, inline=True)
-    t_single = time.perf_counter() - t0
-    c1 = cpu()
-    t0 = time.perf_counter()
-    pooled = check_math_batch(pairs, workers=workers)
-    t_pool = time.perf_counter() - t0
-    c2 = cpu()
-    assert [v.correct for v in single] == [v.correct for v in pooled]
-    print(f"one process : {len(pairs) / t_single:8.1f} answers/s  ({t_single:.2f} s wall, "
-          f"{c1[0] - c0[0]:.2f} s CPU)")
-    print(f"pool of {workers}   : {len(pairs) / t_pool:8.1f} answers/s  ({t_pool:.2f} s wall, "
-          f"{c2[0] - c1[0]:.2f} s CPU parent + {c2[1] - c1[1]:.2f} s CPU workers)")
-    print(f"speed-up    : {t_single / t_pool:.2f}x  (goal >= 1.8x on 2 idle cores)")
+    single_t, pool_t, single_cpu, pool_cpu = [], [], [], []
+    for rep in range(reps):
+        c0 = cpu()
+        t0 = time.perf_counter()
+        single = check_math_batch(pairs, inline=True)
+        single_t.append(time.perf_counter() - t0)
+        c1 = cpu()
+        t0 = time.perf_counter()
+        pooled = check_math_batch(pairs, workers=workers)
+        pool_t.append(time.perf_counter() - t0)
+        c2 = cpu()
+        assert [v.correct for v in single] == [v.correct for v in pooled]
+        single_cpu.append(c1[0] - c0[0])
+        pool_cpu.append((c2[0] - c1[0], c2[1] - c1[1]))
+        print(f"run {rep + 1}: one process {len(pairs) / single_t[-1]:7.1f} answers/s ({single_t[-1]:.2f} s, "
+              f"{single_cpu[-1]:.2f} s CPU) | pool of {workers} {len(pairs) / pool_t[-1]:7.1f} answers/s "
+              f"({pool_t[-1]:.2f} s, {pool_cpu[-1][0]:.2f} s CPU parent + {pool_cpu[-1][1]:.2f} s workers) "
+              f"-> {single_t[-1] / pool_t[-1]:.2f}x", flush=True)
+    med = statistics.median
     n = len(pairs)
-    print(f"CPU/answer  : one process {1000 * (c1[0] - c0[0]) / n:.2f} ms; pool {1000 * (c2[1] - c1[1]) / n:.2f} ms "
-          f"in workers + {1000 * (c2[0] - c1[0]) / n:.2f} ms in the parent (CPU per answer rising with the worker "
-          f"count means the cores are shared with other work)")
+    print(f"speed-up    : {med(single_t) / med(pool_t):.2f}x median, {min(single_t) / min(pool_t):.2f}x best "
+          f"(goal >= 1.8x on 2 idle cores)")
+    print(f"CPU/answer  : one process {1000 * med(single_cpu) / n:.2f} ms; pool {1000 * med(c[1] for c in pool_cpu) / n:.2f}"
+          f" ms in workers + {1000 * med(c[0] for c in pool_cpu) / n:.2f} ms in the parent (the workers' CPU per "
+          f"answer rising above one process's means the two cores slow each other: shared caches, a busy host)")
     print(f"load average: {load0:.2f} before, {os.getloadavg()[0]:.2f} after, on {os.cpu_count()} CPUs; "
           f"correct {sum(v.correct for v in pooled)}/{len(pooled)}")
 

@@ -72,6 +72,22 @@ def test_guarded_pool_order_passthrough_hang_crash_and_errors():
         assert pool.map([10, 11]) == [20, 22]  # the replaced workers keep serving
 
 
+def _pid_after_work(x):
+    sum(i * i for i in range(2000 + x % 7 * 500))  # uneven work, so the two workers drift apart
+    return os.getpid()
+
+
+def test_consecutive_items_stay_together_in_whole_chunks():
+    """Workers are refilled a whole chunk at a time: a prompt's samples (consecutive items, often the same answer
+    text) land in one worker, where math-verify's parse cache hits, instead of being dealt out one by one."""
+    with GuardedPool(_pid_after_work, workers=2, hard_timeout_s=30, on_fail=lambda item, why: why, chunk=8,
+                     queue_per_worker=32) as pool:
+        pids = pool.map(range(4000))
+    assert len(set(pids)) == 2
+    for start in range(0, 4000, 8):
+        assert len(set(pids[start:start + 8])) == 1, start
+
+
 def test_imap_pulls_its_input_lazily_within_the_window():
     """Bounded memory: the pool never reads more than ``window`` items ahead of what has been consumed."""
     pulled = []

@@ -77,10 +77,18 @@ def check_math(gold: str | None, answer_text: str, timeout_s: int = 5) -> MathVe
     return MathVerdict(ok, None if ok else "wrong_answer", extracted)
 
 
+# One of each path math-verify takes (numbers, fractions, radicals, pi, intervals, symbolic simplify): the first
+# use of each imports parts of sympy (sympy.physics alone ~0.3 s), which then happens once, before the fork.
+WARM_UP_PAIRS = (("1/2", "\\boxed{\\frac{1}{2}}"), ("3\\sqrt{2}", "\\boxed{\\sqrt{18}}"),
+                 ("\\frac{\\pi}{3}", "\\boxed{\\pi/3}"), ("(2, 5]", "\\boxed{(2,5]}"),
+                 ("x^2+2x+1", "\\boxed{(x+1)^2}"), ("0.25", "The answer is $25\\%$"))
+
+
 def warm_up() -> None:
     """Build math-verify's lazy parsers in this process, so that workers forked from it (and every replacement
     of a killed one) start warm instead of paying for it on their first answer, inside its deadline."""
-    check_math("1/2", "\\boxed{\\frac{1}{2}}")
+    for gold, answer in WARM_UP_PAIRS:
+        check_math(gold, answer)
 
 
 def _check_pair(args: tuple[str | None, str, int]) -> MathVerdict:
