@@ -182,8 +182,10 @@ def repair_torn_tail(path: Path) -> int:
         return len(data) - keep
 
 
-def read_jsonl(path: str | Path, *, on_error: str = "raise") -> Iterator[dict[str, Any]]:
-    """Read JSON lines, naming file and line on a malformed record (``on_error``: ``raise`` or ``skip``)."""
+def iter_jsonl(path: str | Path, *, on_error: Any = "raise") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each JSON line. A malformed line (bad JSON, not UTF-8, not an object) raises a
+    DistillError naming file and line (``on_error="raise"``), is dropped (``"skip"``), or is passed to
+    ``on_error(where, why)`` and dropped (a callable: the caller reports or counts it)."""
     path = Path(path)
     if not path.exists():
         raise DistillError("file not found", where=str(path))
@@ -196,11 +198,20 @@ def read_jsonl(path: str | Path, *, on_error: str = "raise") -> Iterator[dict[st
                 if not isinstance(rec, dict):
                     raise ValueError("not a JSON object")
             except (UnicodeDecodeError, ValueError) as exc:
+                why = f"malformed record ({exc.__class__.__name__}: {str(exc)[:80]})"
+                if callable(on_error):
+                    on_error(f"{path}:{lineno}", why)
+                    continue
                 if on_error == "skip":
                     continue
-                raise DistillError(f"malformed record ({exc.__class__.__name__}: {str(exc)[:80]})",
-                                   where=f"{path}:{lineno}") from None
-            yield rec
+                raise DistillError(why, where=f"{path}:{lineno}") from None
+            yield lineno, rec
+
+
+def read_jsonl(path: str | Path, *, on_error: Any = "raise") -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file (see ``iter_jsonl`` for ``on_error``)."""
+    for _, rec in iter_jsonl(path, on_error=on_error):
+        yield rec
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:

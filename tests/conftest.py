@@ -33,6 +33,27 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bo
     return proc
 
 
+def sigkill_cli_when(args: list[str], store: Path, records: int, timeout: float = 240) -> None:
+    """Start the real CLI, SIGKILL it as soon as ``store`` holds ``records`` records (a crash mid-stage)."""
+    import signal
+    import time
+
+    from distill.records import ShardedJsonlStore
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if ShardedJsonlStore(store).shards() and ShardedJsonlStore(store).count() >= records:
+                break
+            assert proc.poll() is None, "the stage finished before it could be killed; make it slower"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "tiny"

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 
 from distill.records import ShardedJsonlStore
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli, sigkill_cli_when
 
 ARGS = ["--set", "data.train_size=48", "--set", "teacher.batch_size=2", "--set", "teacher.sampling.n=2"]
 
@@ -18,18 +13,7 @@ ARGS = ["--set", "data.train_size=48", "--set", "teacher.batch_size=2", "--set",
 def test_sigkill_then_resume(tmp_path):
     out = tmp_path / "run"
     gen_dir = out / "generations"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "teacher", "generate", "tiny", "--out", str(out),
-                             *ARGS], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            if ShardedJsonlStore(gen_dir).shards() and sum(1 for _ in ShardedJsonlStore(gen_dir)) >= 10:
-                break
-            assert proc.poll() is None, "generation finished before it could be killed; make it slower"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    sigkill_cli_when(["teacher", "generate", "tiny", "--out", str(out), *ARGS], gen_dir, records=10)
     partial = list(ShardedJsonlStore(gen_dir))
     assert 10 <= len(partial) < 96, len(partial)
     assert not (gen_dir / "manifest.json").exists(), "a killed stage must not look complete"

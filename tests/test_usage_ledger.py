@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 from distill.records import ShardedJsonlStore
 from distill.teacher.backends.openai_http import Pricing
 from distill.teacher.ledger import LEDGER_NAME, UsageLedger, flatten_counters
 from distill.teacher.serve import ServerConfig, ServerThread
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli, sigkill_cli_when
 
 
 def test_ledger_adds_growth_once_and_survives_a_torn_line(tmp_path):
@@ -44,18 +39,7 @@ def test_spend_adds_up_across_a_sigkill_and_a_resume(tmp_path):
                 "--set", "teacher.http.pricing.input=0.55", "--set", "teacher.http.pricing.input_cache_hit=0.14",
                 "--set", "teacher.http.pricing.output=2.19", "--set", "teacher.sampling.n=2",
                 "--set", "teacher.sampling.max_new_tokens=64", "--set", "data.train_size=60"]
-        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, cwd=ROOT)
-        deadline = time.time() + 120
-        try:
-            while time.time() < deadline:
-                if ShardedJsonlStore(gens).shards() and ShardedJsonlStore(gens).count() >= 20:
-                    break
-                assert proc.poll() is None, "generation finished before it could be killed"
-                time.sleep(0.02)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait()
+        sigkill_cli_when(args, gens, records=20, timeout=120)
         first = UsageLedger(gens).totals()
         assert first["requests"] >= 10 and first["cost_usd"] > 0
         rerun = run_cli(*args)

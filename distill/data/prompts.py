@@ -3,14 +3,13 @@ dataset, mapping the source's field names onto ours (``fields: {problem: questio
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..catalog import resolve_path
 from ..config import DataConfig
 from ..errors import DistillError
-from ..records import Prompt
+from ..records import Prompt, iter_jsonl
 
 SYNTHETIC = ("tiny-arith",)
 OUR_FIELDS = ("id", "problem", "answer", "domain", "tests", "choices")
@@ -54,18 +53,8 @@ def load_prompts(cfg: DataConfig, split: str, limit: int | None = None,
 
 
 def _jsonl_rows(path: Path, bad: BadRows) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-                if not isinstance(rec, dict):
-                    raise ValueError("not a JSON object")
-            except (UnicodeDecodeError, ValueError) as exc:
-                bad(f"{path}:{lineno}", f"malformed record ({exc.__class__.__name__}: {str(exc)[:80]})")
-                continue
-            yield f"{path}:{lineno}", rec
+    for lineno, rec in iter_jsonl(path, on_error=bad):
+        yield f"{path}:{lineno}", rec
 
 
 def _rows(cfg: DataConfig, split: str, bad: BadRows) -> Iterator[tuple[str, dict[str, Any]]]:
