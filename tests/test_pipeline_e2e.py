@@ -102,3 +102,24 @@ def test_changed_recipe_refuses_to_mix_outputs(small_run):
     proc = run_cli("teacher", "generate", "tiny", "--out", str(small_run), *SMALL_RUN,
                    "--set", "teacher.sampling.temperature=0.7")
     assert proc.returncode == 2 and "different config" in proc.stderr
+
+
+def test_saved_student_tokenizer_is_the_one_it_trained_with(small_run):
+    """Reloading the exported student must give back the training tokenizer: same vocabulary (no token added by a
+    conversion on save), same ids for real training text. A silent change here cost the demo student 30 points of
+    pass@1 once (an extra unk row and a converted pipeline)."""
+    from transformers import AutoTokenizer
+
+    from distill.chat_template import render_training_pair
+    from tests.conftest import TINY_TEACHER
+
+    teacher = AutoTokenizer.from_pretrained(TINY_TEACHER)
+    student = AutoTokenizer.from_pretrained(small_run / "student" / "model")
+    assert len(student) == len(teacher)
+    assert type(student).__name__ == type(teacher).__name__
+    kept = list(ShardedJsonlStore(small_run / "filtered" / "kept"))[:50]
+    for rec in kept:
+        prompt, completion = render_training_pair(teacher, rec["problem"], rec["reasoning"], rec["answer"])
+        for text in (prompt, completion, prompt + completion):
+            assert student(text, add_special_tokens=False)["input_ids"] == \
+                teacher(text, add_special_tokens=False)["input_ids"]
