@@ -168,6 +168,19 @@ def export_quantize(model: Annotated[Path, typer.Option(help="A saved model fold
     typer.echo(f"{method}: {info['source_size_bytes']:,} -> {info['size_bytes']:,} bytes in {out}")
 
 
+@export_app.command("gguf")
+def export_gguf_cmd(model: Annotated[Path, typer.Option(help="A saved Qwen2-architecture model folder.")],
+                    out: Annotated[Path, typer.Option(help="The .gguf file to write.")],
+                    dtype: Annotated[str, typer.Option(help="f32 or f16.")] = "f16") -> None:
+    """Write a model folder as one GGUF file for llama.cpp / llama-cpp-python / Ollama (weights, tokenizer,
+    chat template)."""
+    from .export.gguf_export import export_gguf
+
+    info = export_gguf(model, out, dtype)
+    typer.echo(f"gguf ({info['dtype']}): {info['tensors']} tensors, {info['vocab']} tokens, {info['bytes']:,} bytes "
+               f"-> {out}")
+
+
 @export_app.command("push")
 def export_push(folder: Annotated[Path, typer.Argument(help="An exported folder (with README.md model card).")],
                 repo_id: Annotated[str, typer.Option(help="Hub repo, e.g. you/R1-Distill-Qwen-1.5B-mine.")],

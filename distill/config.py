@@ -89,6 +89,9 @@ class HttpConfig(Strict):
     rpm: float | None = None
     tpm: float | None = None
     split_n: bool = Field(False, description="one request per sample, for APIs without n (DeepSeek)")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields, e.g. "
+                                       "{repeat_penalty: 1.0, top_k: 0, min_p: 0.0} for llama.cpp servers, whose "
+                                       "defaults (repeat penalty 1.1, top_k 40, min_p 0.05) are not R1's sampling")
     pricing: PricingConfig = PricingConfig()
 
 

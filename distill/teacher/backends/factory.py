@@ -25,7 +25,8 @@ def make_backend(cfg: TeacherConfig, model_path: str) -> Any:
         h = cfg.http
         return OpenAIChatBackend(h.base_url, cfg.model, api_key_env=h.api_key_env, max_in_flight=h.max_in_flight,
                                  timeout_s=h.timeout_s, max_retries=h.max_retries, rpm=h.rpm, tpm=h.tpm,
-                                 pricing=Pricing(**h.pricing.model_dump()), split_n=h.split_n, name=cfg.name)
+                                 pricing=Pricing(**h.pricing.model_dump()), split_n=h.split_n, name=cfg.name,
+                                 extra_body=h.extra_body)
     raise DistillError(f"unknown backend {cfg.backend!r}", where=f"teacher '{cfg.name}'")
 
 
