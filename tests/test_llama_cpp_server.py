@@ -20,7 +20,7 @@ from distill.export.gguf_export import export_gguf
 from distill.records import Sampling
 from distill.teacher.backends.openai_http import OpenAIChatBackend, Pricing
 from distill.verify.math import check_math
-from tests.conftest import TINY_TEACHER
+from tests.conftest import TINY_TEACHER, run_cli
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
 
@@ -42,10 +42,13 @@ def llama_server(tmp_path_factory):
     info = export_gguf(TINY_TEACHER, gguf_path)
     assert info["vocab"] == 452 and info["tensors"] == 50
     port = _free_port()
+    # The server logs every request to stderr: into a file, never an undrained pipe (a full pipe blocks it).
+    log_path = gguf_path.with_suffix(".log")
+    log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--host",
                              "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--n_threads", "1",
                              "--model_alias", "tiny-arith"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     try:
@@ -56,13 +59,14 @@ def llama_server(tmp_path_factory):
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"llama_cpp.server did not start: {proc.stderr.read().decode()[-2000:]}")
+                    raise AssertionError(f"llama_cpp.server did not start: {log_path.read_text()[-2000:]}")
                 time.sleep(0.3)
         assert models["data"][0]["id"] == "tiny-arith"
         yield url
     finally:
         proc.terminate()
         proc.wait(10)
+        log.close()
 
 
 def test_gguf_export_gives_the_same_logits_as_transformers(tmp_path):
@@ -119,3 +123,21 @@ def test_backend_against_llama_cpp_server_solves_the_task(llama_server):
     print(f"llama.cpp GGUF teacher: {correct}/48 correct, {len(closed)}/48 closed think blocks")
     assert correct >= 28, f"{correct}/48 correct: the GGUF teacher should be close to its 78.5% held-out accuracy"
     assert backend.stats.prompt_tokens > 0 and backend.stats.completion_tokens > 0
+
+
+def test_llama_cpp_teacher_recipe_through_generate_and_filter(llama_server, tmp_path):
+    """The catalog's `llama-cpp` teacher (split_n, extra_body that turns llama.cpp's own sampling extras off),
+    driven by the CLI: generate, then filter, as a user would."""
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--set", "teacher=llama-cpp", "--set", f"teacher.http.base_url={llama_server}",
+            "--set", "teacher.sampling.n=2", "--set", "teacher.sampling.max_new_tokens=160",
+            "--set", "data.train_size=16"]
+    gen = run_cli("teacher", "generate", "tiny", *args)
+    assert gen.returncode == 0, gen.stderr
+    manifest = json.loads((out / "generations" / "manifest.json").read_text())
+    assert manifest["counts"]["samples_total"] == 32 and manifest["tokens"]["requests"] == 32
+    assert manifest["config"]["http"]["extra_body"] == LLAMA_CPP_NEUTRAL
+    filt = run_cli("teacher", "filter", "tiny", *args)
+    assert filt.returncode == 0, filt.stderr
+    counts = json.loads((out / "filtered" / "manifest.json").read_text())["counts"]
+    assert counts["generated"] == 32 and counts["kept"] >= 16
