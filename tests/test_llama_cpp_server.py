@@ -69,8 +69,10 @@ def llama_server(tmp_path_factory):
         log.close()
 
 
-def test_gguf_export_gives_the_same_logits_as_transformers(tmp_path):
-    """The exported GGUF, run by llama.cpp itself, computes what the Hugging Face checkpoint computes."""
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_gguf_export_gives_the_same_logits_as_transformers(tmp_path, dtype):
+    """The exported GGUF, run by llama.cpp itself, computes what the Hugging Face checkpoint computes (f16, the
+    CLI's default, up to half-precision rounding)."""
     import numpy as np
     import torch
     from llama_cpp import Llama
@@ -78,8 +80,8 @@ def test_gguf_export_gives_the_same_logits_as_transformers(tmp_path):
 
     from distill.chat_template import render_prompt
 
-    path = tmp_path / "tiny.gguf"
-    export_gguf(TINY_TEACHER, path)
+    path = tmp_path / f"tiny-{dtype}.gguf"
+    export_gguf(TINY_TEACHER, path, dtype)
     tok = AutoTokenizer.from_pretrained(TINY_TEACHER)
     model = AutoModelForCausalLM.from_pretrained(TINY_TEACHER)
     text = render_prompt(tok, "Ben has 13 pencils. He sells 9, then wins 1 more. How many pencils does Ben have "
@@ -94,8 +96,12 @@ def test_gguf_export_gives_the_same_logits_as_transformers(tmp_path):
         llm.close()
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].numpy()
-    assert (ours.argmax(-1) == ref.argmax(-1)).all()
-    assert np.abs(ours - ref).max() < 0.05 * np.abs(ref).max()
+    agree = (ours.argmax(-1) == ref.argmax(-1)).mean()
+    print(f"gguf {dtype}: argmax agreement {agree:.3f}, max abs error {np.abs(ours - ref).max():.4f} of max |logit| "
+          f"{np.abs(ref).max():.2f}")
+    err = np.abs(ours - ref).max() / np.abs(ref).max()
+    assert agree == 1.0 if dtype == "f32" else agree >= 0.95, agree
+    assert err < (0.01 if dtype == "f32" else 0.05), err
 
 
 def test_unsupported_architecture_is_one_clear_error(tmp_path):
