@@ -144,8 +144,7 @@ class ShardedJsonlStore:
             self._count_in_shard += 1
             n += 1
         if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            sync(self._fh)
         return n
 
     def _rotate(self) -> None:
@@ -167,6 +166,12 @@ class ShardedJsonlStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def sync(fh: Any) -> None:
+    """Flush and fsync an append handle: what was written survives SIGKILL or power loss."""
+    fh.flush()
+    os.fsync(fh.fileno())
 
 
 def repair_torn_tail(path: Path) -> int:

@@ -15,12 +15,8 @@ from typing import Any
 
 from ..progress import StageProgress
 from ..records import Prompt, Sampling, ShardedJsonlStore
+from .backends.factory import backend_stats
 from .ledger import UsageLedger
-
-
-def _stats(backend: Any) -> dict[str, Any]:
-    stats = getattr(backend, "stats", {})
-    return stats.to_dict() if hasattr(stats, "to_dict") else dict(stats)
 
 
 def generate_to_store(prompts: list[Prompt], backend: Any, sampling: Sampling, out_dir: str | Path,
@@ -41,13 +37,13 @@ def generate_to_store(prompts: list[Prompt], backend: Any, sampling: Sampling, o
             for group in backend.generate(todo, replace(sampling)):
                 fresh = [g.to_dict() for g in group if g.id not in existing]
                 written += store.append(fresh)
-                ledger.record(_stats(backend))
+                ledger.record(backend_stats(backend))
                 cost = getattr(getattr(backend, "stats", None), "cost_usd", None)
                 bar.advance(1, tokens=sum(g.completion_tokens for g in group),
                             cost=None if cost is None else spent_before + cost)
     finally:
         store.close()
-        ledger.record(_stats(backend))  # spend after the last save (retries, failed prompts), unless killed
+        ledger.record(backend_stats(backend))  # spend after the last save (retries, failed prompts), unless killed
         ledger.close()
     done = Counter(rec["prompt_id"] for rec in store)
     missing = sum(1 for p in prompts if done.get(p.id, 0) < sampling.n)

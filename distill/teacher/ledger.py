@@ -14,13 +14,12 @@ The ledger is ``usage.jsonl`` in the stage folder, next to the sample shards (wh
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from ..records import read_jsonl, repair_torn_tail
+from ..records import read_jsonl, repair_torn_tail, sync
 
 LEDGER_NAME = "usage.jsonl"
 # Live gauges, not amounts: they never add up across runs.
@@ -88,8 +87,7 @@ class UsageLedger:
         self._last = now
         if delta and self._fh is not None:
             self._fh.write(json.dumps({"run": self.run_id, "t": round(time.time(), 3), "delta": _tidy(delta)}) + "\n")
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            sync(self._fh)
         return delta
 
     def close(self) -> None:
