@@ -62,7 +62,7 @@ def _replica(recipe: ResolvedRecipe, run: str, index: int, n: int, force: bool) 
 
 def run_replicas(recipe: ResolvedRecipe, run: Path, replicas: int, *, address: str | None = None,
                  gpus_per_replica: float | None = None, cpus_per_replica: float = 1.0, max_retries: int = 3,
-                 force: bool = False, ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
+                 force: bool = False) -> dict[str, Any]:
     """Run ``replicas`` sharded generate stages as Ray tasks and merge them into ``RUN/generations``.
 
     ``address``: an existing cluster (``auto`` or ``ray://host:10001``); ``None`` starts a local one (one machine,
@@ -84,9 +84,7 @@ def run_replicas(recipe: ResolvedRecipe, run: Path, replicas: int, *, address: s
             shutil.rmtree(folder, ignore_errors=True)
     started_here = not ray.is_initialized()
     if started_here:
-        kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": True,
-                                  "configure_logging": False}
-        ray.init(**(kwargs | (ray_init or {})))
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
     try:
         node_gpus = [n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
         gpus = task_gpus(gpus_for(recipe), node_gpus) if gpus_per_replica is None else gpus_per_replica
