@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e .
 	touch $(STAMP)
 
-# Plus the test extra (pytest; llama-cpp-python, built from source once, ~7 min on 2 cores).
+# Plus the test extra (pytest; deepspeed; llama-cpp-python, built from source once, ~7 min on 2 cores).
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e ".[test]"
 	touch $(TEST_STAMP)

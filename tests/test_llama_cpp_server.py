@@ -22,8 +22,6 @@ from distill.teacher.backends.openai_http import OpenAIChatBackend, Pricing
 from distill.verify.math import check_math
 from tests.conftest import TINY_TEACHER, run_cli
 
-pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
-
 
 # llama.cpp's server samples with a repeat penalty, top_k and min_p by default; the R1 protocol is temperature 0.6
 # and top_p 0.95 alone, so a teacher recipe for llama.cpp turns the rest off (teacher.http.extra_body).

@@ -10,8 +10,6 @@ import pytest
 from distill.records import ShardedJsonlStore
 from tests.conftest import run_cli
 
-pytest.importorskip("ray")
-
 ARGS = ["--set", "data.train_size=24", "--set", "teacher.sampling.n=2", "--set", "teacher.batch_size=8"]
 
 
