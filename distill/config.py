@@ -245,7 +245,7 @@ class ParallelSettings(Strict):
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(1, ge=1)
     sequence_parallel_size: int = Field(1, ge=1, description="DeepSpeed Ulysses/ALST: splits each sequence over "
-                                        "this many GPUs (ZeRO configs only); packing stays valid")
+                                        "this many GPUs (ZeRO configs only); packing needs flash-attention")
     context_parallel_size: int = Field(1, ge=1, description="FSDP2 ring attention (fsdp2 config only); "
                                        "incompatible with packing")
 
@@ -281,6 +281,8 @@ class TrainConfig(Strict):
     packing: bool = False
     packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = "bfd"
     padding_free: bool | None = Field(None, description="null: on with bfd packing (per-example position ids)")
+    pad_to_multiple_of: int | None = Field(None, ge=1, description="pad each batch's length to a multiple of this; "
+                                           "null: sequence_parallel_size under sequence parallelism, else none")
     attn_implementation: Literal["auto", "flash_attention_2", "flash_attention_3", "sdpa", "sdpa_varlen",
                                  "eager"] = Field(
         "auto", description="auto: flash_attention_2 when importable on a GPU, else sdpa (sdpa_varlen when packed)")
@@ -298,6 +300,14 @@ class TrainConfig(Strict):
     distill_method: Literal["sft", "gkd"] = Field("sft", description="gkd: logit distillation (shared tokenizer)")
     gkd: GKDSettings = Field(default_factory=GKDSettings)
     parallel: ParallelSettings = Field(default_factory=ParallelSettings)
+
+    @model_validator(mode="after")
+    def _sequence_shards_evenly(self) -> "TrainConfig":
+        sp = self.parallel.sequence_parallel_size
+        if sp > 1 and self.pad_to_multiple_of is not None and self.pad_to_multiple_of % sp:
+            raise ValueError(f"pad_to_multiple_of {self.pad_to_multiple_of} must be a multiple of "
+                             f"parallel.sequence_parallel_size {sp}: Ulysses splits every batch's length evenly")
+        return self
 
 
 class StudentConfig(Strict):

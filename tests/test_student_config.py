@@ -126,6 +126,19 @@ def test_global_batch_and_parallelism():
     assert distributed.parallelism_config(TrainConfig().parallel) is None
     sp = distributed.parallelism_config(t.parallel)
     assert sp.sp_size == 2 and sp.sp_backend == "deepspeed" and sp.sp_handler.sp_seq_length_is_variable
+    assert sp.sp_handler.sp_attn_implementation == "flash_attention_2"  # the model's: DeepSpeed refuses another
+    assert distributed.parallelism_config(t.parallel, "sdpa").sp_handler.sp_attn_implementation == "sdpa"
+    # Ulysses masks by position ids only: SDPA would let packed examples attend to each other
+    with pytest.raises(DistillError, match="packed examples would attend to each other"):
+        distributed.parallelism_config(t.parallel, "sdpa_varlen")
+    with pytest.raises(DistillError, match="supports flash_attention_2"):
+        distributed.parallelism_config(t.parallel, "eager")
+    # every batch's length must split evenly over the sequence-parallel group
+    assert distributed.pad_to_multiple_of(t) == 2 and distributed.pad_to_multiple_of(TrainConfig()) is None
+    assert distributed.pad_to_multiple_of(TrainConfig(pad_to_multiple_of=64, parallel={"sequence_parallel_size": 4})) \
+        == 64
+    with pytest.raises(ValueError, match="must be a multiple of parallel.sequence_parallel_size 4"):
+        TrainConfig(pad_to_multiple_of=6, parallel={"sequence_parallel_size": 4})
     cp = distributed.parallelism_config(TrainConfig(parallel={"context_parallel_size": 4}).parallel)
     assert cp.cp_size == 4 and cp.cp_backend == "torch"
 

@@ -49,19 +49,40 @@ def gradient_accumulation(t: TrainConfig, world: int | None = None) -> int:
     return t.global_batch_size // per_step
 
 
-def parallelism_config(parallel: ParallelSettings) -> Any:
+SP_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa")
+
+
+def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "flash_attention_2") -> Any:
     """accelerate's ParallelismConfig for sequence (DeepSpeed Ulysses/ALST) or context (FSDP2 ring) parallelism;
-    None when neither is used, so plain DDP/ZeRO/FSDP configs behave exactly as the accelerate YAML says."""
+    None when neither is used, so plain DDP/ZeRO/FSDP configs behave exactly as the accelerate YAML says.
+
+    ``attn_implementation``: the model's (DeepSpeed refuses a different one). Ulysses drops the attention mask
+    and masks causally by position ids: flash-attention keeps packed examples apart that way, SDPA cannot (it
+    falls back to one causal mask over the whole row), so packing under sequence parallelism needs
+    flash-attention; padded batches are fine with SDPA (the CPU tests run that way)."""
     if parallel.sequence_parallel_size == 1 and parallel.context_parallel_size == 1:
         return None
     from accelerate.parallelism_config import ParallelismConfig
     from accelerate.utils import DeepSpeedSequenceParallelConfig
 
     if parallel.sequence_parallel_size > 1:
+        if attn_implementation not in SP_ATTENTION:
+            why = ("packed examples would attend to each other: with packing, sequence parallelism needs "
+                   "flash-attention (the gpu extra on a GPU)") if attn_implementation == "sdpa_varlen" else \
+                f"DeepSpeed Ulysses supports {', '.join(SP_ATTENTION)}"
+            raise DistillError(f"sequence_parallel_size {parallel.sequence_parallel_size} with attention "
+                               f"{attn_implementation}: {why}", where="train.parallel.sequence_parallel_size")
         return ParallelismConfig(sp_size=parallel.sequence_parallel_size, sp_backend="deepspeed",
-                                 sp_handler=DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True,
-                                                                            sp_attn_implementation="flash_attention_2"))
+                                 sp_handler=DeepSpeedSequenceParallelConfig(
+                                     sp_seq_length_is_variable=True, sp_attn_implementation=attn_implementation))
     return ParallelismConfig(cp_size=parallel.context_parallel_size, cp_backend="torch")
+
+
+def pad_to_multiple_of(t: TrainConfig) -> int | None:
+    """Ulysses splits every batch's length into ``sequence_parallel_size`` equal shards, so batches are padded to
+    a multiple of it unless the recipe pads to a coarser multiple of its own."""
+    sp = t.parallel.sequence_parallel_size
+    return t.pad_to_multiple_of or (sp if sp > 1 else None)
 
 
 def is_zero3_partitioned(model: Any) -> bool:

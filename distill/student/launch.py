@@ -38,6 +38,22 @@ def zero3_init_guard(out_dir: Path, bf16: bool) -> Any:
                              use_cpu=not torch.cuda.is_available())
 
 
+def process_group_kwargs() -> dict[str, str]:
+    """How this process joins the group the launcher set up: on GPUs accelerate picks the backend (NCCL); on a
+    machine without one, under a DeepSpeed launch, it must be told ``gloo``.
+
+    Why: accelerate only picks a CPU backend for its own MULTI_CPU mode. Under ``ACCELERATE_USE_DEEPSPEED`` on a
+    CPU-only machine it lets DeepSpeed join the group and then records no backend, so until the Trainer re-joined
+    the group every process believed it was the only one (rank 0 of 1): each claimed the stage folder and wrote
+    the untrained baseline, racing on the same files (one rank's atomic rename failed with FileNotFoundError).
+    Measured with accelerate 1.15 and DeepSpeed 0.19; the CPU ZeRO-3 tests launch through here."""
+    import torch
+
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return {}
+    return {"backend": "gloo"}
+
+
 def save_untrained(model: Any, tokenizer: Any, out: Path, is_main: bool) -> None:
     """Write the untrained student (the eval stage's baseline) to ``out`` from the main process. Every process must
     call it: under ZeRO-3 the weights are gathered collectively.
@@ -84,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     from .model import build_student
     from .train import train_student
 
-    state = PartialState()  # joins the process group accelerate/torchrun set up (a no-op for one process)
+    state = PartialState(**process_group_kwargs())  # joins the launcher's process group (no-op for one process)
+    processes = state.num_processes  # as seen before training: who claims the folder and writes the baseline
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run, s = args.out, recipe.student
@@ -108,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if state.is_main_process:
             st.finish(inputs={"kept": str(run / "filtered" / "kept")},
                       counts={"parameters": params, "examples": metrics["examples"],
-                              "processes": state.num_processes}, metrics=metrics)
+                              "processes": processes}, metrics=metrics)
         state.wait_for_everyone()
         return 0
     except DistillError as exc:

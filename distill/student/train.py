@@ -93,7 +93,8 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit, save_only_model=False,
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if distributed.world_size() > 1 and not torch.cuda.is_available() else None,
-        parallelism_config=distributed.parallelism_config(t.parallel),
+        parallelism_config=distributed.parallelism_config(t.parallel, s["attn_implementation"]),
+        pad_to_multiple_of=distributed.pad_to_multiple_of(t),
         dataset_num_proc=None, disable_tqdm=True,
     )
     kwargs.update(extra)
@@ -222,8 +223,26 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             "loss_curve": [(h["step"], h["loss"]) for h in history],
             "lr_curve": [(h["step"], h["learning_rate"]) for h in history if "learning_rate" in h],
             "trainable_parameters": trainable,
-            "settings": {**settings, "distill_method": t.distill_method,
+            "settings": {**settings, "distill_method": t.distill_method, "sharding": sharding(trainer),
                          "lora": cfg.lora.enabled, **getattr(model, "distill_build_info", {})}}
+
+
+def sharding(trainer: Any) -> str:
+    """How the trained weights and sequences were laid out across processes, as the trainer actually ran it:
+    ``zero-N`` (DeepSpeed), ``fsdp2`` (the model is an FSDPModule: a DTensor shard of every parameter per
+    process), ``fsdp1``, ``replicated`` (DDP or one process); ``+ ulysses-spN`` when each sequence was split over
+    N processes. Recorded in the metrics so a run says what it did, not what its config asked for."""
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        layout = f"zero-{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+    elif getattr(trainer, "is_fsdp_enabled", False):
+        from torch.distributed.fsdp import FSDPModule
+
+        wrapped = getattr(trainer, "model_wrapped", trainer.model)
+        layout = "fsdp2" if isinstance(wrapped, FSDPModule) or isinstance(trainer.model, FSDPModule) else "fsdp1"
+    else:
+        layout = "replicated"
+    sp = trainer.get_sp_size() if hasattr(trainer, "get_sp_size") else 1
+    return f"{layout} + ulysses-sp{sp}" if sp > 1 else layout
 
 
 class ProgressLine:
