@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 from ..chat_template import THINK_CLOSE, THINK_OPEN
 from ..errors import DistillError
+from ..hub_access import offline_unless_reachable
 from ..records import Generation, generation_id
 
 THOUGHT = re.compile(r"<\|begin_of_thought\|>(.*?)<\|end_of_thought\|>", re.S)
@@ -92,6 +93,7 @@ def load_rows(source: str, split: str = "train") -> Iterator[dict[str, Any]]:
                 raise DistillError("file not found", where=source)
             ds = load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path), split="train")
         else:
+            offline_unless_reachable()
             ds = load_dataset(source, split=split)
     except DistillError:
         raise

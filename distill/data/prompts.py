@@ -9,6 +9,7 @@ from typing import Any, Iterator
 from ..catalog import resolve_path
 from ..config import DataConfig
 from ..errors import DistillError
+from ..hub_access import offline_unless_reachable
 from ..records import Prompt, iter_jsonl
 
 SYNTHETIC = ("tiny-arith",)
@@ -72,6 +73,7 @@ def _rows(cfg: DataConfig, split: str, bad: BadRows) -> Iterator[tuple[str, dict
         else:
             if not cfg.hf_id:
                 raise DistillError("key 'hf_id' is required for kind 'hf'", where=f"data '{cfg.name}'")
+            offline_unless_reachable()
             ds = load_dataset(cfg.hf_id, cfg.hf_config, split=cfg.splits.get(split, split))
             label = cfg.hf_id
     except DistillError:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..catalog import resolve_path
 from ..errors import DistillError
+from ..hub_access import offline_unless_reachable
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def _load_hub(name: str, hf_id: str, config: str | None, split: str, field: str,
     try:
         from datasets import load_dataset
 
+        offline_unless_reachable()
         ds = load_dataset(hf_id, config, split=split, **kwargs)
         rows = ds.to_list()
     except Exception as exc:  # noqa: BLE001

@@ -20,7 +20,7 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig,
                           Qwen2Config)
 
-from ..catalog import model_ref
+from ..hub_access import loadable_ref
 from ..config import SamplingConfig, StudentConfig
 from ..errors import DistillError
 from .efficiency import resolve_attn_implementation, resolve_bf16, resolve_padding_free
@@ -31,7 +31,7 @@ ARCHITECTURES = {"qwen2": (Qwen2Config, "Qwen2ForCausalLM"), "llama": (LlamaConf
 
 
 def _ref(ref: str) -> str:
-    return model_ref(ref)
+    return loadable_ref(ref)
 
 
 def load_tokenizer(ref: str):
