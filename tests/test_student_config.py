@@ -143,6 +143,38 @@ def test_global_batch_and_parallelism():
     assert cp.cp_size == 4 and cp.cp_backend == "torch"
 
 
+def test_more_gpus_than_present_is_refused_before_loading():
+    from distill.config import ParallelSettings
+
+    one, eight = ParallelSettings(), ParallelSettings(gpus_per_node=8, accelerate_config="configs/accelerate/zero3.yaml")
+    assert distributed.check_gpus(one, visible=0, local_processes=1, world=1) is None  # the CPU demo
+    assert distributed.check_gpus(eight, visible=8, local_processes=8, world=8) is None
+    with pytest.raises(DistillError, match="8 processes on this node but 4 GPUs visible"):
+        distributed.check_gpus(eight, visible=4, local_processes=8, world=8)
+    with pytest.raises(DistillError, match="asks for 8 GPUs per node and this node has 4 GPUs visible.*"
+                                           "gpus_per_node=4"):
+        distributed.check_gpus(eight, visible=4, local_processes=4, world=4)
+    with pytest.raises(DistillError, match="this node has 0 GPUs visible"):
+        distributed.check_gpus(eight, visible=0, local_processes=1, world=1)
+    hint = distributed.check_gpus(eight, visible=8, local_processes=1, world=1)  # fits, but uses one GPU of 8
+    assert "accelerate launch --config_file configs/accelerate/zero3.yaml" in hint
+
+
+def test_cli_recipe_wanting_more_gpus_than_present_fails_fast(tmp_path):
+    """On this machine (no GPU) a recipe laid out for 8 GPUs per node stops before any weights load."""
+    from distill.manifest import Stage
+    from distill.student.miniature import write_kept
+    from tests.conftest import run_cli
+
+    run = tmp_path / "run"
+    write_kept(run / "filtered" / "kept", 4)
+    Stage("filter", run / "filtered", "test").finish()
+    proc = run_cli("student", "train", "tiny", "--out", str(run), "--set", "student.train.parallel.gpus_per_node=8")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "train.parallel.gpus_per_node: the recipe asks for 8 GPUs per node and this node has 0 GPUs" in proc.stderr
+    assert not (run / "student" / "manifest.json").exists()
+
+
 def test_train_fields_reach_trl(tmp_path):
     from tests.tiny_models import build_tiny_tokenizer
 

@@ -29,6 +29,42 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_gpus(parallel: ParallelSettings, visible: int | None = None, local_processes: int | None = None,
+               world: int | None = None) -> str | None:
+    """Refuse a launch that asks for more GPUs than this node has; return a warning for a multi-GPU recipe run as
+    one process. Checked before any weights load, so a 70B recipe fails in a second, not after loading.
+
+    Why: more processes than GPUs on a node dies inside torch with "invalid device ordinal"; a recipe laid out for
+    8 GPUs per node on 4 would run with twice the per-GPU shard and gradient accumulation and likely run out of
+    memory hours in. Either is one clear error naming the key to change."""
+    visible = visible_gpus() if visible is None else visible
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local_processes is None else local_processes
+    world = world_size() if world is None else world
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"{visible} GPU{'s' if visible != 1 else ''} visible" + (f" (CUDA_VISIBLE_DEVICES={devices})"
+                                                                    if devices is not None else "")
+    if visible and local_processes > visible:
+        raise DistillError(f"{local_processes} processes on this node but {seen}: launch one process per GPU "
+                           f"(accelerate launch --num_processes {visible})", where="train.parallel")
+    if parallel.gpus_per_node > max(visible, 1):
+        raise DistillError(f"the recipe asks for {parallel.gpus_per_node} GPUs per node and this node has {seen}; "
+                           f"to train on what is here, --set student.train.parallel.gpus_per_node={max(visible, 1)}"
+                           " (the global batch is kept by more gradient accumulation; a big student may need LoRA)",
+                           where="train.parallel.gpus_per_node")
+    wanted = parallel.nodes * parallel.gpus_per_node
+    if world == 1 and wanted > 1:
+        return (f"the recipe is laid out for {parallel.nodes} node(s) x {parallel.gpus_per_node} GPUs and this is "
+                f"one process on one GPU; launch it with accelerate launch --config_file "
+                f"{parallel.accelerate_config or 'configs/accelerate/zero3.yaml'} -m distill.student.launch ...")
+    return None
+
+
 def data_parallel_size(parallel: ParallelSettings, world: int | None = None) -> int:
     world = world_size() if world is None else world
     model_parallel = parallel.sequence_parallel_size * parallel.context_parallel_size

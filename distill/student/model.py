@@ -20,9 +20,10 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig,
                           Qwen2Config)
 
-from ..hub_access import loadable_ref
 from ..config import SamplingConfig, StudentConfig
 from ..errors import DistillError
+from ..hub_access import loadable_ref
+from .distributed import check_gpus
 from .efficiency import resolve_attn_implementation, resolve_bf16, resolve_padding_free
 from .lora import is_peft_model, is_quantized, merge_lora, quantization_config
 from .template import prepare_chat_format
@@ -71,6 +72,9 @@ def weights_dtype(cfg: StudentConfig) -> torch.dtype:
 def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tuple[Any, Any]:
     """Return (model, tokenizer). The tokenizer is the recipe's, else the base's, else the teacher's."""
     where = f"student '{cfg.name}'"
+    layout_warning = check_gpus(cfg.train.parallel)
+    if layout_warning:
+        warnings.warn(layout_warning, RuntimeWarning, stacklevel=2)
     tok_ref = cfg.tokenizer or cfg.base or teacher_model
     tokenizer = load_tokenizer(tok_ref)
     torch.manual_seed(seed)
