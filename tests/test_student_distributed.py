@@ -140,3 +140,38 @@ def test_checkpoints_every_save_steps_and_a_rerun_resumes(tmp_path):
     assert second["steps"] == 6
     assert second["loss_curve"][:4] == first["loss_curve"]  # steps 1-4 come from the checkpoint, not retrained
     assert (tmp_path / "out" / "checkpoints" / "checkpoint-6").exists()
+
+
+def test_a_checkpoint_cut_off_mid_write_is_skipped_on_resume(tmp_path):
+    """A job killed while writing checkpoint-6 leaves that folder without trainer_state.json (the Trainer writes it
+    last) and with a torn weights file. The rerun resumes from checkpoint-4, the newest complete one, removes the
+    torn folder, and writes steps 5-6 again; transformers' get_last_checkpoint would pick checkpoint-6 and fail."""
+    import shutil
+    import warnings
+
+    from distill.student.miniature import tiny_student, write_kept
+    from distill.student.model import build_student
+    from distill.student.train import last_checkpoint, train_student
+    from tests.tiny_models import build_tiny_teacher
+
+    warnings.simplefilter("ignore")
+    teacher = str(build_tiny_teacher(tmp_path / "teacher"))
+    kept = write_kept(tmp_path / "kept", 16)
+    out = tmp_path / "out"
+    first_cfg = tiny_student(max_steps=4, save_steps=2)
+    model, tok = build_student(first_cfg, teacher)
+    first = train_student(model, tok, first_cfg, kept, out)
+    done = out / "checkpoints" / "checkpoint-4"
+    torn = out / "checkpoints" / "checkpoint-6"  # what the kill left: weights half written, no trainer state
+    torn.mkdir()
+    weights = (done / "model.safetensors").read_bytes()
+    (torn / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    shutil.copy(done / "config.json", torn / "config.json")
+
+    longer = tiny_student(max_steps=6, save_steps=2)
+    model, tok = build_student(longer, teacher)
+    second = train_student(model, tok, longer, kept, out)
+    assert second["steps"] == 6 and second["loss_curve"][:4] == first["loss_curve"]  # 1-4 from checkpoint-4
+    assert [s for s, _ in second["loss_curve"]] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((torn / "trainer_state.json").read_text())["global_step"] == 6  # rewritten, complete
+    assert last_checkpoint(out) == str(torn)

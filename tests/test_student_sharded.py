@@ -71,7 +71,7 @@ def tiny_run(tmp_path_factory):
     return recipe, new_run, json.loads((single / "student" / "manifest.json").read_text())
 
 
-def launch(config: Path, recipe: Path, run: Path, *overrides: str) -> dict:
+def launch_command(config: Path, recipe: Path, run: Path, *overrides: str) -> tuple[list[str], dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(key, None)
@@ -79,10 +79,17 @@ def launch(config: Path, recipe: Path, run: Path, *overrides: str) -> dict:
            "--main_process_port", str(_free_port()), "-m", "distill.student.launch", str(recipe), "--out", str(run)]
     for o in overrides:
         cmd += ["--set", o]
+    return cmd, env
+
+
+def launch(config: Path, recipe: Path, run: Path, *overrides: str, log: list[str] | None = None) -> dict:
+    cmd, env = launch_command(config, recipe, run, *overrides)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert proc.stdout.count("train: step 1/") == 1  # one process reports; both trained
+    assert proc.stdout.count("train: step ") == proc.stdout.count("train: step") > 0  # one process reports
+    if log is not None:
+        log.append(proc.stdout)
     return json.loads((run / "student" / "manifest.json").read_text())
 
 
@@ -130,3 +137,50 @@ def test_ulysses_sequence_parallel_trains_like_one_process(tiny_run, tmp_path):
     assert settings["sharding"] == "zero-3 + ulysses-sp2" and settings["attn_implementation"] == "sdpa"
     assert settings["gradient_accumulation_steps"] == 2
     assert_same_curve(single, manifest, rel=1e-3)
+
+
+def complete_checkpoints(run: Path) -> list[int]:
+    return sorted(int(p.parent.name.split("-")[1])
+                  for p in (run / "student" / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+
+
+def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path):
+    """Preemption under ZeRO-3: the whole launch (launcher and both ranks) is SIGKILLed once a checkpoint is on
+    disk; the same command again loads the partitioned DeepSpeed checkpoint and trains only the remaining
+    steps. The resumed curve starts where the one-process reference does (same data order, constant rate)."""
+    import contextlib
+    import signal
+    import time
+
+    import psutil
+
+    recipe, new_run, single = tiny_run
+    run = new_run("preempted")
+    config = cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml")
+    settings = ("student.train.max_steps=40", "student.train.save_steps=4")
+    cmd, env = launch_command(config, recipe, run, *settings)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not complete_checkpoints(run) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    # torchrun starts each rank in a session of its own: kill the whole tree, as Slurm's cgroup kill does
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    for p in [proc, *tree]:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            p.send_signal(signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)
+    saved = complete_checkpoints(run)
+    assert saved and not (run / "student" / "manifest.json").exists(), "the run ended before it was killed"
+
+    log: list[str] = []
+    manifest = launch(config, recipe, run, *settings, log=log)
+    first_step = int(log[0].split("train: step ")[1].split("/")[0])
+    assert first_step == saved[-1] + 1  # resumed: the steps before the checkpoint were not trained again
+    assert manifest["metrics"]["steps"] == 40 and manifest["metrics"]["settings"]["sharding"] == "zero-3"
+    curve = manifest["metrics"]["loss_curve"]
+    assert [s for s, _ in curve] == list(range(1, 41))  # the history before the kill came back with the state
+    reference = [loss for _, loss in single["metrics"]["loss_curve"]]
+    assert all(abs(a - b) <= 1e-4 * a for a, (_, b) in zip(reference, curve))
+    assert curve[-1][1] < curve[saved[-1] - 1][1]  # and it kept learning after the resume

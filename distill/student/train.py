@@ -13,6 +13,9 @@ Under DDP/ZeRO/FSDP every process runs this function; only the main process writ
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -173,10 +176,36 @@ def lora_config_for(cfg: StudentConfig, tokenizer: Any, model: Any = None):
 
 
 def last_checkpoint(out_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* checkpoint in ``out_dir/checkpoints``, or None; newer incomplete ones are removed.
 
-    folder = out_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    Why not transformers' get_last_checkpoint: it takes the highest-numbered folder, and the Trainer writes a
+    checkpoint in place (weights, optimizer, scheduler, RNG, then trainer_state.json last), so a job killed while
+    saving (preemption lands there often: a 70B checkpoint takes minutes to write) leaves a newest folder that
+    cannot be loaded and every resubmission crashes on it. A checkpoint counts as complete when its
+    trainer_state.json parses; the incomplete newer ones hold nothing a resume can use and are deleted by the
+    main process, so the resumed run can write those steps again."""
+    folder = Path(out_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    steps = {int(p.name.split("-")[1]): p for p in folder.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-")[1].isdigit()}
+    complete = [step for step, p in steps.items() if _checkpoint_complete(p)]
+    newest = max(complete, default=None)
+    if distributed.is_main_process():
+        for step, p in sorted(steps.items()):
+            if step not in complete and (newest is None or step > newest):
+                print(f"train: {p.name} was not finished (no trainer_state.json); removing it and resuming from "
+                      f"{f'checkpoint-{newest}' if newest is not None else 'the start'}", file=sys.stderr)
+                shutil.rmtree(p, ignore_errors=True)
+    return str(steps[newest]) if newest is not None else None
+
+
+def _checkpoint_complete(folder: Path) -> bool:
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str | Path, out_dir: str | Path,
