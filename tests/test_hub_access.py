@@ -80,8 +80,11 @@ def test_cached_base_trains_from_the_cache_without_retries(tmp_path):
 
 def test_an_https_proxy_is_trusted_to_reach_the_hub(monkeypatch):
     """Behind a proxy a direct connect to the Hub fails although the Hub is reachable through the proxy."""
+    from huggingface_hub import constants
+
     from distill import hub_access
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # an earlier test in this process may have gone offline
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     hub_access.hub_reachable.cache_clear()
     try:

@@ -14,6 +14,7 @@ Under DDP/ZeRO/FSDP every process runs this function; only the main process writ
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -79,6 +80,8 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
     s = resolved_settings(cfg, model)
     config_cls = config_cls or SFTConfig
     report_to = [r for r in s["report_to"] if r != "tensorboard"]  # tensorboard: own callback, own folder
+    if "wandb" in report_to:
+        wandb_defaults(Path(out_dir))
     kwargs = dict(
         output_dir=str(Path(out_dir) / "checkpoints"), learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, lr_scheduler_kwargs=dict(t.lr_scheduler_kwargs),
@@ -92,7 +95,7 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         bf16=s["bf16"], logging_steps=t.logging_steps, seed=t.seed,
         completion_only_loss=True, eos_token=tokenizer.eos_token,
-        report_to=report_to or "none", include_num_input_tokens_seen="non_padding",
+        report_to=report_to or "none", include_num_input_tokens_seen="non_padding", run_name=cfg.name,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit, save_only_model=False,
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if distributed.world_size() > 1 and not torch.cuda.is_available() else None,
@@ -115,6 +118,19 @@ def tensorboard_callbacks(cfg: StudentConfig, out_dir: Path) -> list[Any]:
     from transformers.integrations import TensorBoardCallback
 
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out_dir / "tensorboard")))]
+
+
+USER_WANDB_DIR = os.environ.get("WANDB_DIR")
+
+
+def wandb_defaults(out_dir: Path) -> None:
+    """W&B runs land in the run folder (``RUN/student/wandb``, next to the TensorBoard logs) under the project
+    ``r1-distill``, unless WANDB_DIR / WANDB_PROJECT say otherwise. Why: wandb's own defaults are the current
+    directory and a project called "huggingface", which scatters runs of different students."""
+    os.environ.setdefault("WANDB_PROJECT", "r1-distill")
+    if USER_WANDB_DIR is None:  # per training run: the student and the unfiltered ablation each get their own
+        (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
+        os.environ["WANDB_DIR"] = str(out_dir / "wandb")
 
 
 def r1_token_ids(tokenizer: Any) -> list[int]:

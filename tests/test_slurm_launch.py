@@ -1,0 +1,92 @@
+"""scripts/slurm_train.sbatch trains across two "nodes" that meet through accelerate's c10d rendezvous.
+
+Why: the Slurm template is how the 32B/70B recipes run (2-8 nodes), and its argument plumbing (machine rank,
+master address, process counts, the recipe's accelerate config, --set overrides) only shows its bugs on a real
+launch. Slurm itself cannot run here, so ``srun`` and ``scontrol`` are two-line stand-ins on PATH: ``srun`` starts
+the script's per-node command once per node with SLURM_NODEID set, as Slurm does, and ``scontrol show
+hostnames`` names this machine. Everything after that is real: two ``accelerate launch`` agents (one per node)
+rendezvous on loopback, DeepSpeed ZeRO-3 partitions the student over both, and the stage is written once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SRUN = """#!/bin/bash
+# Slurm stand-in: drop srun's own options, run the command once per node with SLURM_NODEID, fail if any fails.
+while [[ $1 == --* ]]; do shift; done
+pids=()
+for (( node = 0; node < SLURM_NNODES; node++ )); do SLURM_NODEID=$node "$@" & pids+=($!); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status
+"""
+SCONTROL = """#!/bin/bash
+echo 127.0.0.1
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sbatch_script_trains_over_two_nodes_with_zero3(tmp_path):
+    from distill.manifest import Stage
+    from distill.student.miniature import write_kept
+    from tests.test_student_sharded import cpu_variant
+    from tests.tiny_models import build_tiny_teacher
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
+
+    base = build_tiny_teacher(tmp_path / "base")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "slurm", "data": "tiny-arith", "eval": "tiny-arith", "teacher": {"model": str(base)},
+        "student": {"base": str(base), "train": {
+            "max_steps": 3, "per_device_train_batch_size": 4, "global_batch_size": 8, "max_length": 512,
+            "learning_rate": 3e-3, "logging_steps": 1, "report_to": "none", "threads": 1,
+            "parallel": {"nodes": 2, "gpus_per_node": 1}}}}))
+    run = tmp_path / "run"
+    write_kept(run / "filtered" / "kept", 32, seed=1)
+    Stage("filter", run / "filtered", "test").finish()
+    config = cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml")
+
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
+           "PYTHONPATH": str(ROOT), "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_NNODES": "2",
+           "SLURM_GPUS_ON_NODE": "1", "SLURM_JOB_NODELIST": "node[0-1]", "MASTER_PORT": str(_free_port()),
+           "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "HF_HUB_OFFLINE"):
+        env.pop(key, None)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_train.sbatch"), str(recipe), str(run), str(config),
+                           "--set", "student.train.save_steps=2"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "nodes=2 gpus/node=1" in proc.stdout
+
+    manifest = json.loads((run / "student" / "manifest.json").read_text())
+    settings = manifest["metrics"]["settings"]
+    assert manifest["counts"]["processes"] == 2 and settings["world_size"] == 2
+    assert settings["sharding"] == "zero-3" and settings["gradient_accumulation_steps"] == 1  # 2 nodes x 4 x 1
+    assert manifest["metrics"]["steps"] == 3
+    assert manifest["config"]["train"]["save_steps"] == 2  # the --set after the config reached the recipe
+    # the last checkpoint holds both ranks' ZeRO-3 partitions (one per "node"), ready for a resubmission
+    shards = sorted(p.name for p in (run / "student" / "checkpoints" / "checkpoint-3" / "global_step3").iterdir())
+    assert shards == [f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in (0, 1) for kind in ("model", "optim")]
+    assert (run / "student" / "model" / "model.safetensors").exists()
+    assert (tmp_path / "logs").is_dir()  # where the #SBATCH --output lines point
