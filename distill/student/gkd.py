@@ -84,6 +84,34 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
     args = training_args(cfg, out_dir, tokenizer, model, config_cls=GKDConfig, lmbda=g.lmbda, beta=g.beta,
                          temperature=g.temperature, max_new_tokens=g.max_new_tokens, seq_kd=g.seq_kd,
                          packing=False, padding_free=False)
-    return GKDTrainer(model=model, teacher_model=teacher_model, args=args, train_dataset=Dataset.from_list(rows),
-                      processing_class=tokenizer, peft_config=lora_config_for(cfg, tokenizer, model),
-                      callbacks=callbacks)
+    return data_parallel_gkd(GKDTrainer)(
+        model=model, teacher_model=teacher_model, args=args, train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer, peft_config=lora_config_for(cfg, tokenizer, model), callbacks=callbacks)
+
+
+def data_parallel_gkd(base: type) -> type:
+    """TRL's GKDTrainer with its loss scaled like the Trainer's own under data parallelism.
+
+    Why: with ``average_tokens_across_devices`` (the default) the Trainer hands compute_loss the token count of the
+    whole global batch, so each process's loss is its own sum over *all* processes' tokens, and
+    Trainer.compute_loss multiplies it by the number of processes to undo DDP's gradient averaging.
+    GKDTrainer.compute_loss (TRL 1.16) divides by the global count but skips that multiplication, so on N
+    processes the loss and its gradients come out N times too small: the logged curve is wrong and gradient
+    clipping (max_grad_norm) is N times looser. Measured: 2 CPU processes logged exactly half the loss of one
+    process at the same global batch; tests/test_student_sharded.py checks they now agree."""
+
+    class DataParallelGKDTrainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            if not (self.args.average_tokens_across_devices and num_items_in_batch is not None):
+                return result
+            scale = self.accelerator.num_processes // self.get_tp_size()
+            if scale == 1:
+                return result
+            if return_outputs:
+                loss, outputs = result
+                return loss * scale, outputs
+            return result * scale
+
+    return DataParallelGKDTrainer
