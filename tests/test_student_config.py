@@ -55,6 +55,10 @@ def test_recipes_cover_the_six_bases_and_are_consistent():
             assert not t.packing and kind == "FSDP"
         if p.sequence_parallel_size > 1:
             assert kind == "DEEPSPEED"
+            # on the GPU the recipe is meant for: Ulysses over its flash-attention, batches split evenly
+            attn = t.attn_implementation if t.attn_implementation != "auto" else "flash_attention_2"
+            assert distributed.parallelism_config(p, attn).sp_size == p.sequence_parallel_size
+            assert distributed.pad_to_multiple_of(t) % p.sequence_parallel_size == 0
     assert seen == BASES
     seven = load_entry("student", "r1-distill-qwen-7b").train
     assert (seven.learning_rate, seven.num_train_epochs, seven.global_batch_size, seven.max_grad_norm,
