@@ -32,7 +32,7 @@ def _accelerate_config(path):
     return load_config_from_file(str(path))
 
 
-def test_recipes_cover_the_six_bases_and_are_consistent():
+def test_recipes_cover_the_six_bases_and_are_consistent(monkeypatch):
     seen = set()
     for path in R1_RECIPES:
         s = load_entry("student", str(path))
@@ -57,7 +57,9 @@ def test_recipes_cover_the_six_bases_and_are_consistent():
             assert kind == "DEEPSPEED"
             # on the GPU the recipe is meant for: Ulysses over its flash-attention, batches split evenly
             attn = t.attn_implementation if t.attn_implementation != "auto" else "flash_attention_2"
+            monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what accelerate launch sets for zero3.yaml
             assert distributed.parallelism_config(p, attn).sp_size == p.sequence_parallel_size
+            monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
             assert distributed.pad_to_multiple_of(t) % p.sequence_parallel_size == 0
     assert seen == BASES
     seven = load_entry("student", "r1-distill-qwen-7b").train
@@ -119,7 +121,7 @@ def test_auto_rules():
                                                                                                       "wrapped", None)
 
 
-def test_global_batch_and_parallelism():
+def test_global_batch_and_parallelism(monkeypatch):
     t = TrainConfig(per_device_train_batch_size=2, global_batch_size=128, parallel={"sequence_parallel_size": 2})
     assert distributed.gradient_accumulation(t, 16) == 8  # 16 GPUs / SP 2 = 8 data-parallel x 2 x 8 = 128
     assert distributed.gradient_accumulation(TrainConfig(gradient_accumulation_steps=3), 8) == 3
@@ -128,6 +130,12 @@ def test_global_batch_and_parallelism():
     with pytest.raises(DistillError, match="cannot be split"):
         distributed.data_parallel_size(t.parallel, 3)
     assert distributed.parallelism_config(TrainConfig().parallel) is None
+    # each scheme needs the launcher that implements it: a clear error instead of accelerate's traceback
+    with pytest.raises(DistillError, match="launch with a DeepSpeed config"):
+        distributed.parallelism_config(t.parallel)
+    with pytest.raises(DistillError, match="launch with configs/accelerate/fsdp2.yaml, not deepspeed"):
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+        distributed.parallelism_config(TrainConfig(parallel={"context_parallel_size": 4}).parallel)
     sp = distributed.parallelism_config(t.parallel)
     assert sp.sp_size == 2 and sp.sp_backend == "deepspeed" and sp.sp_handler.sp_seq_length_is_variable
     assert sp.sp_handler.sp_attn_implementation == "flash_attention_2"  # the model's: DeepSpeed refuses another
@@ -143,6 +151,8 @@ def test_global_batch_and_parallelism():
         == 64
     with pytest.raises(ValueError, match="must be a multiple of parallel.sequence_parallel_size 4"):
         TrainConfig(pad_to_multiple_of=6, parallel={"sequence_parallel_size": 4})
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     cp = distributed.parallelism_config(TrainConfig(parallel={"context_parallel_size": 4}).parallel)
     assert cp.cp_size == 4 and cp.cp_backend == "torch"
 

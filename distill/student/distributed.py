@@ -101,7 +101,12 @@ def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "f
     from accelerate.parallelism_config import ParallelismConfig
     from accelerate.utils import DeepSpeedSequenceParallelConfig
 
+    launcher = launcher_kind()
     if parallel.sequence_parallel_size > 1:
+        if launcher != "deepspeed":
+            raise DistillError(f"sequence_parallel_size {parallel.sequence_parallel_size} is DeepSpeed Ulysses: "
+                               "launch with a DeepSpeed config (configs/accelerate/zero2.yaml or zero3.yaml), not "
+                               f"{launcher}", where="train.parallel.sequence_parallel_size")
         if attn_implementation not in SP_ATTENTION:
             why = ("packed examples would attend to each other: with packing, sequence parallelism needs "
                    "flash-attention (the gpu extra on a GPU)") if attn_implementation == "sdpa_varlen" else \
@@ -111,7 +116,21 @@ def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "f
         return ParallelismConfig(sp_size=parallel.sequence_parallel_size, sp_backend="deepspeed",
                                  sp_handler=DeepSpeedSequenceParallelConfig(
                                      sp_seq_length_is_variable=True, sp_attn_implementation=attn_implementation))
+    if launcher != "fsdp":
+        raise DistillError(f"context_parallel_size {parallel.context_parallel_size} is FSDP2 ring attention: launch "
+                           f"with configs/accelerate/fsdp2.yaml, not {launcher}",
+                           where="train.parallel.context_parallel_size")
     return ParallelismConfig(cp_size=parallel.context_parallel_size, cp_backend="torch")
+
+
+def launcher_kind() -> str:
+    """What ``accelerate launch`` set this process up for, from the variables it exports: ``deepspeed``,
+    ``fsdp``, or ``a plain launch`` (DDP, torchrun, one process)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true"):
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+        return "fsdp"
+    return "a plain launch"
 
 
 def pad_to_multiple_of(t: TrainConfig) -> int | None:

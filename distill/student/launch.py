@@ -29,7 +29,9 @@ def zero3_init_guard(out_dir: Path, bf16: bool) -> Any:
     config (a weak reference transformers consults in from_pretrained), so ZeRO-3 builds the model already
     partitioned. The returned object must stay alive until the model is loaded. ``bf16``: the precision the
     training arguments will use (train.training_args), so the registered config agrees with them."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() not in ("1", "true"):
+    from .distributed import launcher_kind
+
+    if launcher_kind() != "deepspeed":
         return None
     import torch
     from transformers import TrainingArguments
