@@ -37,8 +37,9 @@ def visible_gpus() -> int:
 
 def check_gpus(parallel: ParallelSettings, visible: int | None = None, local_processes: int | None = None,
                world: int | None = None) -> str | None:
-    """Refuse a launch that asks for more GPUs than this node has; return a warning for a multi-GPU recipe run as
-    one process. Checked before any weights load, so a 70B recipe fails in a second, not after loading.
+    """Refuse a launch that asks for more GPUs than this node has, or whose processes do not split into the
+    recipe's sequence/context-parallel groups; return a warning for a multi-GPU recipe run as one process. Checked
+    before any weights load, so a 70B recipe fails in a second, not after loading.
 
     Why: more processes than GPUs on a node dies inside torch with "invalid device ordinal"; a recipe laid out for
     8 GPUs per node on 4 would run with twice the per-GPU shard and gradient accumulation and likely run out of
@@ -57,6 +58,7 @@ def check_gpus(parallel: ParallelSettings, visible: int | None = None, local_pro
                            f"to train on what is here, --set student.train.parallel.gpus_per_node={max(visible, 1)}"
                            " (the global batch is kept by more gradient accumulation; a big student may need LoRA)",
                            where="train.parallel.gpus_per_node")
+    data_parallel_size(parallel, world)  # sequence/context groups must divide the processes launched
     wanted = parallel.nodes * parallel.gpus_per_node
     if world == 1 and wanted > 1:
         return (f"the recipe is laid out for {parallel.nodes} node(s) x {parallel.gpus_per_node} GPUs and this is "
