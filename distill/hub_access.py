@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from functools import lru_cache
+from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import DistillError
@@ -95,8 +96,6 @@ def check_loadable(repo_id: str, what: str = "model") -> None:
 def loadable_ref(ref: str, what: str = "model") -> str:
     """``catalog.model_ref`` for a loader: a local folder as an absolute path, else a Hub id checked by
     :func:`check_loadable`."""
-    from pathlib import Path
-
     from .catalog import model_ref
 
     resolved = model_ref(ref)

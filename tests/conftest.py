@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,24 @@ SMALL_RUN = [
     "--set", "eval.benchmarks.0.k=2",
     "--set", "compare_unfiltered=true",  # the filtering ablation: a second student on the unfiltered traces
 ]
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (bound, then released): for the servers and rendezvous the
+    tests start, or as an endpoint whose connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of a multi-process child (torchrun, accelerate launch, a launch script): this checkout
+    importable, one torch thread per process (two cores), no rank variables inherited from a surrounding launch."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    env.update(extra)
+    return env
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bool = False):

@@ -9,21 +9,17 @@ The Hub endpoint here is a closed loopback port (HF_ENDPOINT), so the test means
 from __future__ import annotations
 
 import shutil
-import socket
 
 import yaml
 
 from distill.manifest import Stage
 from distill.student.miniature import write_kept
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 from tests.tiny_models import build_tiny_teacher
 
 
 def closed_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"  # nothing listens: connections are refused
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens: connections are refused
 
 
 def offline_env(cache) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from distill.export.gguf_export import export_gguf
 from distill.records import Sampling
 from distill.teacher.backends.openai_http import OpenAIChatBackend, Pricing
 from distill.verify.math import check_math
-from tests.conftest import TINY_TEACHER, run_cli
+from tests.conftest import TINY_TEACHER, free_port, run_cli
 
 
 # llama.cpp's server samples with a repeat penalty, top_k and min_p by default; the R1 protocol is temperature 0.6
@@ -28,18 +27,13 @@ from tests.conftest import TINY_TEACHER, run_cli
 LLAMA_CPP_NEUTRAL = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     gguf_path = tmp_path_factory.mktemp("gguf") / "tiny-arith-f32.gguf"
     info = export_gguf(TINY_TEACHER, gguf_path)
     assert info["vocab"] == 452 and info["tensors"] == 50
-    port = _free_port()
+    port = free_port()
     # The server logs every request to stderr: into a file, never an undrained pipe (a full pipe blocks it).
     log_path = gguf_path.with_suffix(".log")
     log = open(log_path, "wb")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from tests.conftest import free_port, worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,11 +36,6 @@ SCONTROL = """#!/bin/bash
 echo 127.0.0.1
 """
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sbatch_script_trains_over_two_nodes_with_zero3(tmp_path):
@@ -67,12 +63,10 @@ def test_sbatch_script_trains_over_two_nodes_with_zero3(tmp_path):
     Stage("filter", run / "filtered", "test").finish()
     config = cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml")
 
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable,
-           "PYTHONPATH": str(ROOT), "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_NNODES": "2",
-           "SLURM_GPUS_ON_NODE": "1", "SLURM_JOB_NODELIST": "node[0-1]", "MASTER_PORT": str(_free_port()),
-           "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "HF_HUB_OFFLINE"):
-        env.pop(key, None)
+    env = worker_env(PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable, SLURM_SUBMIT_DIR=str(tmp_path),
+                     SLURM_NNODES="2", SLURM_GPUS_ON_NODE="1", SLURM_JOB_NODELIST="node[0-1]",
+                     MASTER_PORT=str(free_port()))
+    env.pop("HF_HUB_OFFLINE", None)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_train.sbatch"), str(recipe), str(run), str(config),
                            "--set", "student.train.save_steps=2"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)

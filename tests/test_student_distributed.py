@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,23 +42,18 @@ def _train(teacher: str, kept: str, out: str) -> dict:
     return train_student(model, tok, cfg, kept, out)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_processes_match_one_process(tmp_path):
     from distill.student.miniature import write_kept
+    from tests.conftest import free_port, worker_env
     from tests.tiny_models import build_tiny_teacher
 
     teacher = build_tiny_teacher(tmp_path / "teacher")
     kept = write_kept(tmp_path / "kept", 32, seed=1)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    env.pop("WORLD_SIZE", None)
+    env = worker_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), str(Path(__file__)), str(teacher), str(kept), str(tmp_path / "ddp")],
+         "--master_port", str(free_port()), str(Path(__file__)), str(teacher), str(kept), str(tmp_path / "ddp")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     single = _train(str(teacher), str(kept), str(tmp_path / "single"))  # meanwhile, in this process
     out, _ = proc.communicate(timeout=240)

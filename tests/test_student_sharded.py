@@ -13,8 +13,7 @@ real, over gloo.
 from __future__ import annotations
 
 import json
-import os
-import socket
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import free_port, worker_env
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 4
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_variant(shipped: str, out: Path) -> Path:
@@ -72,11 +68,9 @@ def tiny_run(tmp_path_factory):
 
 
 def launch_command(config: Path, recipe: Path, run: Path, *overrides: str) -> tuple[list[str], dict]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(key, None)
+    env = worker_env()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-           "--main_process_port", str(_free_port()), "-m", "distill.student.launch", str(recipe), "--out", str(run)]
+           "--main_process_port", str(free_port()), "-m", "distill.student.launch", str(recipe), "--out", str(run)]
     for o in overrides:
         cmd += ["--set", o]
     return cmd, env
@@ -87,7 +81,8 @@ def launch(config: Path, recipe: Path, run: Path, *overrides: str, log: list[str
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert proc.stdout.count("train: step ") == proc.stdout.count("train: step") > 0  # one process reports
+    logged = re.findall(r"train: step (\d+)/", proc.stdout)
+    assert logged and len(logged) == len(set(logged))  # every step trained, reported by one process only
     if log is not None:
         log.append(proc.stdout)
     return json.loads((run / "student" / "manifest.json").read_text())

@@ -18,7 +18,6 @@ This file doubles as the worker script: ``torchrun ... tests/test_student_zero3.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,14 +111,13 @@ def test_zero3_baseline_is_the_model_training_starts_from(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from distill.student.model import build_student
-    from tests.test_student_distributed import _free_port
+    from tests.conftest import free_port, worker_env
 
     base = _base_with_spare_rows(tmp_path / "base")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = worker_env()
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), str(Path(__file__)), str(base), str(tmp_path / "z3")],
+         "--master_port", str(free_port()), str(Path(__file__)), str(base), str(tmp_path / "z3")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 

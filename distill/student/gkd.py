@@ -38,10 +38,10 @@ def gkd_rows(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, An
 def load_teacher(ref: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    from .model import _ref
+    from ..hub_access import loadable_ref
 
     try:
-        return AutoModelForCausalLM.from_pretrained(_ref(ref), dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(loadable_ref(ref), dtype=dtype)
     except OSError as exc:
         raise DistillError(f"cannot load the GKD teacher: {str(exc).splitlines()[0]}", where=ref) from None
 

@@ -18,7 +18,6 @@ untrained baseline (RUN/student/init) is written either way: gathered from the s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,9 @@ def process_group_kwargs() -> dict[str, str]:
     Measured with accelerate 1.15 and DeepSpeed 0.19; the CPU ZeRO-3 tests launch through here."""
     import torch
 
-    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    from .distributed import world_size
+
+    if torch.cuda.is_available() or world_size() <= 1:
         return {}
     return {"backend": "gloo"}
 

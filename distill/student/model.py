@@ -31,13 +31,9 @@ from .template import prepare_chat_format
 ARCHITECTURES = {"qwen2": (Qwen2Config, "Qwen2ForCausalLM"), "llama": (LlamaConfig, "LlamaForCausalLM")}
 
 
-def _ref(ref: str) -> str:
-    return loadable_ref(ref)
-
-
 def load_tokenizer(ref: str):
     try:
-        tok = AutoTokenizer.from_pretrained(_ref(ref))
+        tok = AutoTokenizer.from_pretrained(loadable_ref(ref))
     except OSError as exc:
         raise DistillError(f"cannot load tokenizer: {str(exc).splitlines()[0]}", where=ref) from None
     if tok.pad_token is None:
@@ -82,7 +78,7 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
     attn = resolve_attn_implementation(t.attn_implementation,
                                        packed=resolve_padding_free(t.packing, t.packing_strategy, t.padding_free))
     if cfg.base:
-        ref = _ref(cfg.base)
+        ref = loadable_ref(cfg.base)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

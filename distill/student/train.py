@@ -345,11 +345,14 @@ def save_trained(trainer: Any, tokenizer: Any, cfg: StudentConfig, out: Path, sa
             if peft and cfg.lora.merge:
                 if not cfg.base:
                     raise DistillError("merging a sharded/QLoRA adapter needs the student's 'base'", where=str(out))
-                from .model import _ref, apply_config_overrides
                 from transformers import AutoConfig
 
-                base_config = apply_config_overrides(AutoConfig.from_pretrained(_ref(cfg.base)), cfg)
-                merge_adapter_folder(_ref(cfg.base), target, out, config=base_config,
+                from ..hub_access import loadable_ref
+                from .model import apply_config_overrides
+
+                base = loadable_ref(cfg.base)
+                base_config = apply_config_overrides(AutoConfig.from_pretrained(base), cfg)
+                merge_adapter_folder(base, target, out, config=base_config,
                                      vocab_size=model.get_input_embeddings().weight.shape[0])
             elif peft:
                 out = target
