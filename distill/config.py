@@ -286,8 +286,9 @@ class TrainConfig(Strict):
     attn_implementation: Literal["auto", "flash_attention_2", "flash_attention_3", "sdpa", "sdpa_varlen",
                                  "eager"] = Field(
         "auto", description="auto: flash_attention_2 when importable on a GPU, else sdpa (sdpa_varlen when packed)")
-    use_liger_kernel: bool | None = Field(None, description="Liger's Triton kernels, loaded as transformers Hub "
-                                          "kernels; null: on when the kernels package is installed and on a GPU")
+    use_liger_kernel: bool | None = Field(None, description="Liger's Triton kernels, from the liger-kernel package "
+                                          "or else transformers' Hub kernels; null: on when either is installed "
+                                          "and on a GPU")
     gradient_checkpointing: bool = False
     bf16: bool | None = Field(None, description="null: on when the GPU supports bf16; off on CPU")
     logging_steps: int = 10

@@ -10,6 +10,7 @@ torch's FLOP counter on a real model.
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -107,8 +108,12 @@ def test_auto_rules():
         assert r("flash_attention_2", cuda=False, have=["flash_attention_2"]) == "sdpa"
     assert efficiency.resolve_liger(None, cuda=True, have=True) is True
     assert efficiency.resolve_liger(None, cuda=False, have=True) is False
-    with pytest.warns(RuntimeWarning, match="not installed"):
+    with pytest.warns(RuntimeWarning, match="is installed"):
         assert efficiency.resolve_liger(True, cuda=True, have=False) is False
+    # the pip package (local code, works offline) before Hub kernels (fetched from the Hub)
+    assert efficiency.liger_provider(package=True, hub=True) == "liger_kernel"
+    assert efficiency.liger_provider(package=False, hub=True) == "hub"
+    assert efficiency.liger_provider(package=False, hub=False) is None
     assert efficiency.resolve_bf16(None, cuda=True, supported=True) is True
     assert efficiency.resolve_bf16(None, cuda=False, supported=False) is False
     with pytest.warns(RuntimeWarning):
@@ -249,3 +254,22 @@ def test_qwen_1_5b_flops_plan_for_the_gpu_benchmark():
     assert info["train_flops_per_token"] == pytest.approx(per_token, rel=1e-9)
     assert gpu_mfu.doc_lengths(10, 3) == [4, 3, 3]
     assert mfu(989e12 * 0.5, 1.0) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("docs", [1, 4])
+def test_gpu_benchmark_step_runs_on_a_tiny_model(docs):
+    """The timed step of benchmarks/gpu_mfu.py is the same code on a CPU and a tiny Qwen2 config, so it cannot rot
+    between the rare sessions that have a GPU: it trains (loss falls from ln(vocab)), packed documents go
+    through sdpa_varlen with their boundaries, and the FLOPs it divides by are those of the plan."""
+    spec = importlib.util.spec_from_file_location("gpu_mfu", ROOT / "benchmarks" / "gpu_mfu.py")
+    gpu_mfu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_mfu)
+    tiny = dict(QWEN25_1_5B, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=128)
+    res = gpu_mfu.measure(tokens=64, docs=docs, steps=3, warmup=1, checkpointing=False, attn="auto", peak=1e-6,
+                          config=tiny, device="cpu")
+    assert res["device"] == "cpu" and res["docs"] == docs
+    assert res["attn_implementation"] == ("sdpa_varlen" if docs > 1 else "sdpa")
+    assert 0 < res["loss"] < 1.1 * math.log(128)
+    flops = gpu_mfu.plan(64, docs, tiny)["train_flops_per_step"]
+    assert res["mfu"] == pytest.approx(flops / res["seconds_per_step"] / 1e6, rel=0.02)  # peak 1e-6 TFLOPS

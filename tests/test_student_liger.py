@@ -3,7 +3,7 @@
 Why: TRL 1.16 warns (FutureWarning, removal in 2.0) whenever SFTConfig's ``use_liger_kernel`` is on, and names
 transformers' Hub kernels as the replacement. The recipes ask for Liger on GPUs, so every GPU run would warn and
 the next TRL would break them. The trainer arguments must no longer carry the flag on any machine; the request is
-honoured by a callback that kernelizes the model (train.hub_kernel_callbacks), and a machine without GPU or
+honoured by a callback that kernelizes the model (train.liger_callbacks), and a machine without GPU or
 ``kernels`` package still turns it off with our own RuntimeWarning (efficiency.resolve_liger).
 """
 
@@ -34,7 +34,7 @@ def _build_trainer(cfg, teacher, tmp_path):
     rows = train.training_pairs(write_kept(tmp_path / "kept", 4), tok)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        callbacks = train.hub_kernel_callbacks(train.resolved_settings(cfg, model)["use_liger_kernel"])
+        callbacks = train.liger_callbacks(train.resolved_settings(cfg, model)["use_liger_kernel"])
         args = train.training_args(cfg, tmp_path / "out", tok, model)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                              callbacks=callbacks)

@@ -75,17 +75,31 @@ def hub_kernels_installed() -> bool:
     return bool(is_kernels_available())
 
 
+def liger_provider(*, package: bool | None = None, hub: bool | None = None) -> str | None:
+    """Where Liger's kernels come from on this machine: ``"liger_kernel"`` (the pip package: local Triton code, so
+    it works on an offline cluster), else ``"hub"`` (transformers' Hub kernels, fetched from the Hub or its cache at
+    first use), else None.
+
+    Why the package first: TRL 1.16 deprecates its ``use_liger_kernel`` argument in favour of Hub kernels, but GPU
+    nodes are often cut off from the Hub, and a user who pip-installed liger-kernel asked for exactly that."""
+    package = installed("liger_kernel") if package is None else package
+    if package:
+        return "liger_kernel"
+    hub = hub_kernels_installed() if hub is None else hub
+    return "hub" if hub else None
+
+
 def resolve_liger(requested: bool | None, *, cuda: bool | None = None, have: bool | None = None) -> bool:
-    """Liger's Triton kernels (fused RMSNorm, SwiGLU) need a GPU and, since TRL 1.16 deprecated the trainer's
-    ``use_liger_kernel``, transformers' Hub kernels (the ``kernels`` package loads the kernels-community Liger
-    build; train.hub_kernel_callbacks applies them). The recipe key keeps its name: it asks for the Liger kernels,
-    whichever way they are loaded."""
+    """Liger's Triton kernels (fused RMSNorm, SwiGLU, RoPE) need a GPU and a provider (:func:`liger_provider`:
+    the liger-kernel package or transformers' Hub kernels; train.liger_callbacks applies them). ``None`` (auto):
+    on when both are here. An explicit request that cannot be met warns and trains without them."""
     cuda = cuda_available() if cuda is None else cuda
-    have = hub_kernels_installed() if have is None else have
+    have = liger_provider() is not None if have is None else have
     if requested is None:
         return bool(cuda and have)
     if requested and not (cuda and have):
-        why = "the kernels package (Hub kernels) is not installed" if not have else "no GPU is present"
+        why = "neither liger-kernel nor the kernels package (Hub kernels) is installed" if not have \
+            else "no GPU is present"
         warnings.warn(f"the recipe asks for use_liger_kernel but {why}; training without it", RuntimeWarning,
                       stacklevel=2)
         return False

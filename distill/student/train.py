@@ -29,8 +29,8 @@ from ..config import StudentConfig
 from ..errors import DistillError
 from ..records import ShardedJsonlStore
 from . import distributed
-from .efficiency import (resolve_attn_implementation, resolve_bf16, resolve_liger, resolve_padding_free,
-                         resolve_report_to)
+from .efficiency import (liger_provider, resolve_attn_implementation, resolve_bf16, resolve_liger,
+                         resolve_padding_free, resolve_report_to)
 from .lora import (is_peft_model, is_quantized, let_fused_head_read_token_rows, merge_adapter_folder,
                    peft_config, token_row_layers)
 from .model import align_eos, save_model
@@ -60,8 +60,10 @@ def resolved_settings(cfg: StudentConfig, model: Any = None) -> dict[str, Any]:
     t = cfg.train
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None) if model is not None else None
     packed = resolve_padding_free(t.packing, t.packing_strategy, t.padding_free)
+    liger = resolve_liger(t.use_liger_kernel)
     return {"attn_implementation": attn or resolve_attn_implementation(t.attn_implementation, packed=packed),
-            "use_liger_kernel": resolve_liger(t.use_liger_kernel), "bf16": resolve_bf16(t.bf16),
+            "use_liger_kernel": liger, "liger_provider": liger_provider() if liger else None,
+            "bf16": resolve_bf16(t.bf16),
             "padding_free": packed,
             "report_to": resolve_report_to(t.report_to), "world_size": distributed.world_size(),
             "gradient_accumulation_steps": distributed.gradient_accumulation(t)}
@@ -73,7 +75,7 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
 
     ``use_liger_kernel`` is deliberately left at TRL's default (False): TRL 1.16 deprecates it (a FutureWarning on
     every run that sets it) in favour of transformers' Hub kernels; the recipe's ``train.use_liger_kernel`` is
-    honoured by :func:`hub_kernel_callbacks` instead."""
+    honoured by :func:`liger_callbacks` instead."""
     from trl import SFTConfig
 
     t = cfg.train
@@ -91,7 +93,7 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
         gradient_accumulation_steps=s["gradient_accumulation_steps"], max_length=t.max_length,
         max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, optim=t.optim, adam_beta2=t.adam_beta2,
         packing=t.packing, packing_strategy=t.packing_strategy, padding_free=s["padding_free"],
-        gradient_checkpointing=t.gradient_checkpointing,  # Liger: hub_kernel_callbacks, not use_liger_kernel
+        gradient_checkpointing=t.gradient_checkpointing,  # Liger: liger_callbacks, not use_liger_kernel
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         bf16=s["bf16"], logging_steps=t.logging_steps, seed=t.seed,
         completion_only_loss=True, eos_token=tokenizer.eos_token,
@@ -139,19 +141,24 @@ def r1_token_ids(tokenizer: Any) -> list[int]:
                    if i is not None and i != tokenizer.unk_token_id})
 
 
-def hub_kernel_callbacks(enabled: bool) -> list[Any]:
-    """Liger's Triton kernels through transformers' Hub kernels, applied when training begins (``enabled``: the
-    recipe's ``train.use_liger_kernel`` as efficiency.resolve_liger resolved it on this machine).
+def liger_callbacks(enabled: bool, model: Any = None) -> list[Any]:
+    """Liger's Triton kernels for the recipe's ``train.use_liger_kernel`` (``enabled``: as efficiency.resolve_liger
+    resolved it on this machine), from the provider efficiency.liger_provider names.
 
-    Why: TRL 1.16 deprecates ``use_liger_kernel`` in favour of the Hub kernels (``model_init_kwargs={"use_kernels":
-    True}``), but model_init_kwargs only reach a model TRL loads itself from a name, and ours comes built from
-    build_student. The instance equivalent is ``model.use_kernels = True`` (PreTrainedModel.set_use_kernels). It is
-    set at ``on_train_begin`` rather than at load because kernelize picks each kernel by the model's device and its
-    train/eval mode: a model still on the CPU (the Trainer moves it later) would get none. transformers
-    re-kernelizes by itself when the mode changes (``model.train()``/``eval()``, e.g. around GKD's generation).
-    TRL never used Liger's fused linear cross-entropy (its own fused LM head computes the loss), so the layer
-    kernels are the whole of what ``use_liger_kernel`` gave."""
+    - liger-kernel package: patched into ``model`` now (module forwards swapped in place, before any wrapping by
+      DeepSpeed/FSDP/PEFT), so no callback is needed.
+    - Hub kernels: ``model.use_kernels = True`` at ``on_train_begin``, because kernelize picks each kernel by the
+      model's device and train/eval mode, and a model still on the CPU (the Trainer moves it later) would get none;
+      transformers re-kernelizes by itself when the mode changes (e.g. around GKD's generation).
+
+    Why not TRL's ``use_liger_kernel``: TRL 1.16 deprecates it (a FutureWarning on every run). Either way only the
+    layer kernels apply: TRL computes the loss with its own fused LM head, never Liger's fused linear
+    cross-entropy."""
     if not enabled:
+        return []
+    if liger_provider() == "liger_kernel":
+        if model is not None:
+            apply_liger_package(model)
         return []
     from transformers import TrainerCallback
 
@@ -160,6 +167,14 @@ def hub_kernel_callbacks(enabled: bool) -> list[Any]:
             apply_hub_kernels(model)
 
     return [HubKernels()]
+
+
+def apply_liger_package(model: Any) -> None:
+    """liger-kernel's RMSNorm, SwiGLU and RoPE kernels on ``model`` (a PEFT wrapper's base), without its fused
+    linear cross-entropy (TRL's fused LM head owns the loss)."""
+    from transformers.integrations.liger import apply_liger_kernel
+
+    apply_liger_kernel(model, {"fused_linear_cross_entropy": False, "cross_entropy": False})
 
 
 def apply_hub_kernels(model: Any) -> None:
@@ -237,7 +252,7 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
     out_dir = Path(out_dir)
     rows = training_pairs(kept_dir, tokenizer)
     settings = resolved_settings(cfg, model)
-    callbacks = tensorboard_callbacks(cfg, out_dir) + hub_kernel_callbacks(settings["use_liger_kernel"])
+    callbacks = tensorboard_callbacks(cfg, out_dir) + liger_callbacks(settings["use_liger_kernel"], model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if t.distill_method == "gkd":
