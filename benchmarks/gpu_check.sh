@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The student stage's GPU checks in one short run, for the sessions that are lent a GPU for a few minutes.
+#
+# Why one script: a borrowed GPU is scarce (minutes), so everything that cannot run on a CPU runs here in one go,
+# each part under its own time limit so one hang costs only its part:
+#   1. MFU of a Qwen2.5-1.5B-shaped training step at 16k tokens (benchmarks/gpu_mfu.py): plain SDPA, Liger
+#      kernels, cuDNN attention, packed documents through sdpa_varlen.
+#   2. The demo pipeline continued on the GPU from carried, already filtered traces (RUN, default .gpu/run):
+#      train in bf16 (+ Liger when installed), quantize with bitsandbytes int8, evaluate, export.
+#   3. QLoRA: the tiny teacher in bitsandbytes NF4 with LoRA adapters (students/tiny-arith-qlora.yaml), merged at
+#      save, then evaluated.
+#   4. FSDP2 through the shipped configs/accelerate/fsdp2.yaml on the GPUs present.
+#   5. GKD (on-policy logit distillation) in bf16 on the GPU.
+#
+# Usage (repo root, GPU machine): OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh
+# Python packages the machine lacks can come as wheels in .whl/ (installed into /tmp/site, put first on PYTHONPATH).
+# Results: OUT/log (everything), OUT/mfu.jsonl, OUT/report.json, OUT/*stage.json (metrics and settings).
+set -u
+OUT=${OUT:-$PWD/gpu_out}
+RUN=${RUN:-.gpu/run}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log") 2>&1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
+t0=$(date +%s)
+say() { echo; echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
+part() {  # part NAME SECONDS CMD...: run one check under a time limit, keep its tail, record its exit status
+    local name=$1 limit=$2; shift 2
+    say "$name: $*"
+    timeout -k 10 "$limit" "$@" > "/tmp/part-$name.log" 2>&1
+    local rc=$?
+    grep -v -E "Warning|warn\(|^\s*$" "/tmp/part-$name.log" | tail -n 25
+    echo "--- $name: exit $rc after $(( $(date +%s) - t0 ))s"
+    echo "$name $rc" >> "$OUT/parts.txt"
+}
+
+say "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if compgen -G ".whl/*.whl" > /dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        2>&1 | grep -v -i "warning" | tail -n 3
+    export PYTHONPATH=/tmp/site:$PWD
+    if ! $PY -c "import datasets" 2>/dev/null && compgen -G ".whl/alt/*.whl" > /dev/null; then
+        echo "datasets does not import with this pyarrow: installing .whl/alt"
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/alt/*.whl 2>&1 | grep -v -i "warning" | tail -n 3
+    fi
+else
+    export PYTHONPATH=$PWD
+fi
+$PY - <<'EOF'
+import importlib
+for name in ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "liger_kernel",
+             "flash_attn", "triton"]:
+    try:
+        print(f"{name} {importlib.import_module(name).__version__}")
+    except Exception as exc:  # noqa: BLE001 - a report of what is there, not a check
+        print(f"{name} -: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+EOF
+
+# 1. MFU
+for variant in "" "--liger" "--liger --sdpa-backend cudnn" "--liger --docs 8"; do
+    # shellcheck disable=SC2086
+    part "mfu${variant// /}" 150 $PY benchmarks/gpu_mfu.py $variant
+    grep '^{' "/tmp/part-mfu${variant// /}.log" >> "$OUT/mfu.jsonl"
+done
+
+# 2. The demo pipeline, continued on the GPU (its prompts, generations and filter came with the tree)
+if [ -d "$RUN/filtered" ]; then
+    part pipeline 300 $PY cli.py run tiny --out "$RUN"
+    cp "$RUN/report.json" "$OUT/report.json" 2>/dev/null
+    cp "$RUN/student/stage.json" "$OUT/student-stage.json" 2>/dev/null
+fi
+
+# 3. QLoRA (NF4 base, LoRA adapters, merged at save), then the R1 protocol on the merged model
+if [ -d "$RUN/filtered" ]; then
+    mkdir -p .gpu/qlora && cp -r "$RUN/filtered" .gpu/qlora/
+    part qlora 200 $PY cli.py student train tiny --out .gpu/qlora --set student=tiny-arith-qlora
+    cp .gpu/qlora/student/stage.json "$OUT/qlora-stage.json" 2>/dev/null
+    part qlora-eval 120 $PY cli.py eval tiny --out .gpu/qlora --model .gpu/qlora/student/model --label qlora
+fi
+
+# 4. FSDP2 through the shipped config, on the GPUs here
+if [ -d "$RUN/filtered" ]; then
+    gpus=$($PY -c "import torch; print(torch.cuda.device_count())")
+    mkdir -p .gpu/fsdp2 && cp -r "$RUN/filtered" .gpu/fsdp2/
+    part fsdp2 200 $PY -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml \
+        --num_processes "$gpus" -m distill.student.launch tiny --out .gpu/fsdp2 --set student.train.max_steps=300
+    cp .gpu/fsdp2/student/stage.json "$OUT/fsdp2-stage.json" 2>/dev/null
+fi
+
+# 5. GKD (on-policy logit distillation from the tiny teacher) in bf16: generation and the JSD loss on the GPU
+if [ -d "$RUN/filtered" ]; then
+    mkdir -p .gpu/gkd && cp -r "$RUN/filtered" .gpu/gkd/
+    part gkd 150 $PY cli.py student train tiny --out .gpu/gkd --set student.train.distill_method=gkd \
+        --set student.train.max_steps=100
+    cp .gpu/gkd/student/stage.json "$OUT/gkd-stage.json" 2>/dev/null
+fi
+
+say "done"
+cat "$OUT/parts.txt"
