@@ -11,18 +11,22 @@
 #      save, then evaluated.
 #   4. FSDP2 through the shipped configs/accelerate/fsdp2.yaml on the GPUs present.
 #   5. GKD (on-policy logit distillation) in bf16 on the GPU.
+# Also, by name only (PARTS="mfu32k packing ..."): mfu32k (32k tokens, gradient checkpointing), packing
+# (padding-free packed training through the trainer).
 #
 # Usage (repo root, GPU machine): OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh
 # Python packages the machine lacks can come as wheels in .whl/ (installed into /tmp/site, put first on PYTHONPATH).
-# Results: OUT/log (everything), OUT/mfu.jsonl, OUT/report.json, OUT/*stage.json (metrics and settings).
+# Results: OUT/log (everything), OUT/mfu.jsonl, OUT/report.json, OUT/*manifest.json (metrics and settings).
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 RUN=${RUN:-.gpu/run}
+PARTS=${PARTS:-mfu pipeline qlora fsdp2 gkd}  # a subset reruns only those
 PY=${PY:-python3}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log") 2>&1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
 t0=$(date +%s)
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 say() { echo; echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
 part() {  # part NAME SECONDS CMD...: run one check under a time limit, keep its tail, record its exit status
     local name=$1 limit=$2; shift 2
@@ -59,42 +63,56 @@ for name in ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "
 EOF
 
 # 1. MFU
-for variant in "" "--liger" "--liger --sdpa-backend cudnn" "--liger --docs 8"; do
+want mfu && for variant in "" "--liger" "--liger --sdpa-backend cudnn" "--liger --docs 8"; do
     # shellcheck disable=SC2086
     part "mfu${variant// /}" 150 $PY benchmarks/gpu_mfu.py $variant
     grep '^{' "/tmp/part-mfu${variant// /}.log" >> "$OUT/mfu.jsonl"
 done
 
+# 1b. 32k tokens (the R1-Distill context) with gradient checkpointing
+if want mfu32k; then
+    part mfu32k 150 $PY benchmarks/gpu_mfu.py --liger --tokens 32768 --gradient-checkpointing
+    grep '^{' /tmp/part-mfu32k.log >> "$OUT/mfu.jsonl"
+fi
+
 # 2. The demo pipeline, continued on the GPU (its prompts, generations and filter came with the tree)
-if [ -d "$RUN/filtered" ]; then
+if want pipeline && [ -d "$RUN/filtered" ]; then
     part pipeline 300 $PY cli.py run tiny --out "$RUN"
     cp "$RUN/report.json" "$OUT/report.json" 2>/dev/null
-    cp "$RUN/student/stage.json" "$OUT/student-stage.json" 2>/dev/null
+    cp "$RUN/student/manifest.json" "$OUT/student-manifest.json" 2>/dev/null
+fi
+
+# 2b. Padding-free packing through the trainer (sdpa_varlen, or flash-attention's varlen kernel where installed)
+if want packing && [ -d "$RUN/filtered" ]; then
+    mkdir -p .gpu/packing && cp -r "$RUN/filtered" .gpu/packing/
+    part packing 200 $PY cli.py student train tiny --out .gpu/packing --set student.train.packing=true \
+        --set student.train.per_device_train_batch_size=8 --set student.train.max_steps=300
+    cp .gpu/packing/student/manifest.json "$OUT/packing-manifest.json" 2>/dev/null
 fi
 
 # 3. QLoRA (NF4 base, LoRA adapters, merged at save), then the R1 protocol on the merged model
-if [ -d "$RUN/filtered" ]; then
+if want qlora && [ -d "$RUN/filtered" ]; then
     mkdir -p .gpu/qlora && cp -r "$RUN/filtered" .gpu/qlora/
     part qlora 200 $PY cli.py student train tiny --out .gpu/qlora --set student=tiny-arith-qlora
-    cp .gpu/qlora/student/stage.json "$OUT/qlora-stage.json" 2>/dev/null
+    cp .gpu/qlora/student/manifest.json "$OUT/qlora-manifest.json" 2>/dev/null
     part qlora-eval 120 $PY cli.py eval tiny --out .gpu/qlora --model .gpu/qlora/student/model --label qlora
 fi
 
 # 4. FSDP2 through the shipped config, on the GPUs here
-if [ -d "$RUN/filtered" ]; then
+if want fsdp2 && [ -d "$RUN/filtered" ]; then
     gpus=$($PY -c "import torch; print(torch.cuda.device_count())")
     mkdir -p .gpu/fsdp2 && cp -r "$RUN/filtered" .gpu/fsdp2/
     part fsdp2 200 $PY -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml \
         --num_processes "$gpus" -m distill.student.launch tiny --out .gpu/fsdp2 --set student.train.max_steps=300
-    cp .gpu/fsdp2/student/stage.json "$OUT/fsdp2-stage.json" 2>/dev/null
+    cp .gpu/fsdp2/student/manifest.json "$OUT/fsdp2-manifest.json" 2>/dev/null
 fi
 
 # 5. GKD (on-policy logit distillation from the tiny teacher) in bf16: generation and the JSD loss on the GPU
-if [ -d "$RUN/filtered" ]; then
+if want gkd && [ -d "$RUN/filtered" ]; then
     mkdir -p .gpu/gkd && cp -r "$RUN/filtered" .gpu/gkd/
     part gkd 150 $PY cli.py student train tiny --out .gpu/gkd --set student.train.distill_method=gkd \
         --set student.train.max_steps=100
-    cp .gpu/gkd/student/stage.json "$OUT/gkd-stage.json" 2>/dev/null
+    cp .gpu/gkd/student/manifest.json "$OUT/gkd-manifest.json" 2>/dev/null
 fi
 
 say "done"

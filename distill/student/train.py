@@ -13,6 +13,7 @@ Under DDP/ZeRO/FSDP every process runs this function; only the main process writ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -75,7 +76,7 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
 
     ``use_liger_kernel`` is deliberately left at TRL's default (False): TRL 1.16 deprecates it (a FutureWarning on
     every run that sets it) in favour of transformers' Hub kernels; the recipe's ``train.use_liger_kernel`` is
-    honoured by :func:`liger_callbacks` instead."""
+    honoured by :func:`liger_package_kernels` or :func:`liger_callbacks` instead."""
     from trl import SFTConfig
 
     t = cfg.train
@@ -141,24 +142,19 @@ def r1_token_ids(tokenizer: Any) -> list[int]:
                    if i is not None and i != tokenizer.unk_token_id})
 
 
-def liger_callbacks(enabled: bool, model: Any = None) -> list[Any]:
-    """Liger's Triton kernels for the recipe's ``train.use_liger_kernel`` (``enabled``: as efficiency.resolve_liger
-    resolved it on this machine), from the provider efficiency.liger_provider names.
+def liger_callbacks(enabled: bool) -> list[Any]:
+    """The callback that loads Liger's kernels as transformers Hub kernels, when that is the provider for the
+    recipe's ``train.use_liger_kernel`` (``enabled``: as efficiency.resolve_liger resolved it on this machine); the
+    liger-kernel package is applied by :func:`liger_package_kernels` instead.
 
-    - liger-kernel package: patched into ``model`` now (module forwards swapped in place, before any wrapping by
-      DeepSpeed/FSDP/PEFT), so no callback is needed.
-    - Hub kernels: ``model.use_kernels = True`` at ``on_train_begin``, because kernelize picks each kernel by the
-      model's device and train/eval mode, and a model still on the CPU (the Trainer moves it later) would get none;
-      transformers re-kernelizes by itself when the mode changes (e.g. around GKD's generation).
+    ``model.use_kernels = True`` is set at ``on_train_begin`` because kernelize picks each kernel by the model's
+    device and train/eval mode, and a model still on the CPU (the Trainer moves it later) would get none;
+    transformers re-kernelizes by itself when the mode changes (e.g. around GKD's generation).
 
     Why not TRL's ``use_liger_kernel``: TRL 1.16 deprecates it (a FutureWarning on every run). Either way only the
     layer kernels apply: TRL computes the loss with its own fused LM head, never Liger's fused linear
     cross-entropy."""
-    if not enabled:
-        return []
-    if liger_provider() == "liger_kernel":
-        if model is not None:
-            apply_liger_package(model)
+    if not enabled or liger_provider() != "hub":
         return []
     from transformers import TrainerCallback
 
@@ -169,12 +165,41 @@ def liger_callbacks(enabled: bool, model: Any = None) -> list[Any]:
     return [HubKernels()]
 
 
-def apply_liger_package(model: Any) -> None:
-    """liger-kernel's RMSNorm, SwiGLU and RoPE kernels on ``model`` (a PEFT wrapper's base), without its fused
-    linear cross-entropy (TRL's fused LM head owns the loss)."""
+@contextlib.contextmanager
+def liger_package_kernels(model: Any, enabled: bool) -> Iterator[None]:
+    """liger-kernel's RMSNorm, SwiGLU and RoPE kernels on ``model`` while training (when ``enabled`` and the
+    package is the provider), patched in before any wrapping by DeepSpeed/FSDP/PEFT; no fused linear
+    cross-entropy (TRL's fused LM head owns the loss).
+
+    Liger patches the model's modeling module too (``modeling_qwen2.apply_rotary_pos_emb``, the ``Qwen2RMSNorm``
+    class), which would reach every model built later in the same process: the pipeline then evaluated the
+    teacher on the CPU through a Triton kernel and failed ("cannot be accessed from Triton (cpu tensor?)", seen
+    on an H200). Those module-level patches are undone when training ends; the trained instance keeps its own."""
+    if not (enabled and liger_provider() == "liger_kernel"):
+        yield
+        return
     from transformers.integrations.liger import apply_liger_kernel
 
-    apply_liger_kernel(model, {"fused_linear_cross_entropy": False, "cross_entropy": False})
+    base = model.get_base_model() if is_peft_model(model) else model
+    with module_patches_undone(sys.modules[type(base).__module__]):
+        apply_liger_kernel(model, {"fused_linear_cross_entropy": False, "cross_entropy": False})
+        yield
+
+
+@contextlib.contextmanager
+def module_patches_undone(module: Any) -> Iterator[None]:
+    """Whatever is rebound in ``module``'s namespace inside the block is put back (and names added are removed)
+    when it ends, also on error."""
+    before = dict(vars(module))
+    try:
+        yield
+    finally:
+        now = vars(module)
+        for name in [n for n in now if n not in before]:
+            delattr(module, name)
+        for name, value in before.items():
+            if now.get(name) is not value:
+                setattr(module, name, value)
 
 
 def apply_hub_kernels(model: Any) -> None:
@@ -252,8 +277,8 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
     out_dir = Path(out_dir)
     rows = training_pairs(kept_dir, tokenizer)
     settings = resolved_settings(cfg, model)
-    callbacks = tensorboard_callbacks(cfg, out_dir) + liger_callbacks(settings["use_liger_kernel"], model)
-    with warnings.catch_warnings():
+    callbacks = tensorboard_callbacks(cfg, out_dir) + liger_callbacks(settings["use_liger_kernel"])
+    with warnings.catch_warnings(), liger_package_kernels(model, settings["use_liger_kernel"]):
         warnings.simplefilter("ignore")
         if t.distill_method == "gkd":
             from .gkd import gkd_trainer
