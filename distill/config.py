@@ -325,7 +325,8 @@ class StudentConfig(Strict):
                                      " 10k -> 300k to train at 32k)")
     max_position_embeddings: int | None = Field(None, ge=16, description="override the base's context length")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="weights dtype at load; auto: "
-                                                          "bfloat16 when training in bf16, else float32")
+                                                          "float32 master weights (bf16 autocast when training in "
+                                                          "bf16), bfloat16 for LoRA/QLoRA and DeepSpeed")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     licence: str = "apache-2.0"
     train: TrainConfig = TrainConfig()

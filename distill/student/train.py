@@ -399,7 +399,7 @@ def save_trained(trainer: Any, tokenizer: Any, cfg: StudentConfig, out: Path, sa
             tokenizer.save_pretrained(out)
             model.generation_config.save_pretrained(out)
     elif distributed.is_main_process():
-        save_model(model, tokenizer, out)
+        save_model(model, tokenizer, out, dtype=torch.bfloat16 if trainer.args.bf16 else None)
     trainer.accelerator.wait_for_everyone()
     return out
 
