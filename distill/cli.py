@@ -6,7 +6,6 @@ stages can be run one by one or all at once, and rerun after a crash.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -230,7 +229,9 @@ def list_cmd() -> None:
 
 def main() -> None:
     """Entry point: user errors print one line and exit 2; no traceback walls."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from .progress import quiet_library_loggers
+
+    quiet_library_loggers()
     try:
         app()
     except DistillError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -57,3 +58,10 @@ class StageProgress:
     def __exit__(self, *exc: object) -> None:
         if self._progress:
             self._progress.stop()
+
+
+def quiet_library_loggers() -> None:
+    """Keep optional-backend chatter out of the run's output: bitsandbytes and liger-kernel report, at WARNING on
+    every GPU run, backends they tried and do not need (liger's CuTe DSL and Ascend RoPE, seen on an H200)."""
+    for name in ("bitsandbytes", "liger_kernel.backends"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -99,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import DistillError
     from ..manifest import Stage
     from ..pipeline import need, teacher_model_path
+    from ..progress import quiet_library_loggers
     from .efficiency import resolve_bf16
     from .model import build_student
     from .train import train_student
 
+    quiet_library_loggers()
     state = PartialState(**process_group_kwargs())  # joins the launcher's process group (no-op for one process)
     processes = state.num_processes  # as seen before training: who claims the folder and writes the baseline
     try:
