@@ -11,8 +11,8 @@
 #      save, then evaluated.
 #   4. FSDP2 through the shipped configs/accelerate/fsdp2.yaml on the GPUs present.
 #   5. GKD (on-policy logit distillation) in bf16 on the GPU.
-# Also, by name only (PARTS="mfu32k packing ..."): mfu32k (32k tokens, gradient checkpointing), packing and
-# packing-noliger (padding-free packed training through the trainer, with and without Liger).
+# Also, by name only (PARTS="mfu32k packing ..."): mfu32k (32k tokens, gradient checkpointing), packing,
+# packing-noliger, packing-sdpa (padding-free packed training through the trainer; probes of a GPU slowdown).
 #
 # Usage (repo root, GPU machine): OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh
 # Python packages the machine lacks can come as wheels in .whl/ (installed into /tmp/site, put first on PYTHONPATH).
@@ -83,15 +83,19 @@ if want pipeline && [ -d "$RUN/filtered" ]; then
 fi
 
 # 2b. Padding-free packing through the trainer (sdpa_varlen, or flash-attention's varlen kernel where installed).
-# On the H200 (2026-11-28, no flash-attn, Liger on) this ran at ~1,100 tokens/s against ~114,000 unpacked: the
-# two probes (Liger on and off) say whether Liger is part of it; compare their tokens/s lines.
-for variant in packing packing-noliger; do
+# On the H200 (2026-11-28, no flash-attn, Liger on) this ran at ~1,100 tokens/s against ~113,000 unpacked. The
+# probes bisect it: Liger off (packing-noliger), stock mask-based SDPA instead of sdpa_varlen (packing-sdpa);
+# compare their tokens/s lines with packing's.
+declare -A PROBE=([packing]="" [packing-noliger]="student.train.use_liger_kernel=false"
+                  [packing-sdpa]="student.train.attn_implementation=sdpa")
+for variant in packing packing-noliger packing-sdpa; do
     if want $variant && [ -d "$RUN/filtered" ]; then
-        liger=$([ $variant = packing ] && echo null || echo false)
+        extra=()
+        [ -n "${PROBE[$variant]}" ] && extra=(--set "${PROBE[$variant]}")
         mkdir -p .gpu/$variant && cp -r "$RUN/filtered" .gpu/$variant/
         part $variant 120 $PY cli.py student train tiny --out .gpu/$variant --set student.train.packing=true \
             --set student.train.per_device_train_batch_size=8 --set student.train.max_steps=60 \
-            --set student.train.logging_steps=20 --set student.train.use_liger_kernel=$liger
+            --set student.train.logging_steps=20 "${extra[@]}"
     fi
 done
 
