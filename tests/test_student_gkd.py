@@ -46,3 +46,19 @@ def test_gkd_needs_a_teacher(teacher, tmp_path):
     model, tok = build_student(cfg, teacher)
     with pytest.raises(DistillError, match="needs a teacher"):
         train_student(model, tok, cfg, write_kept(tmp_path / "kept", 4), tmp_path / "out")
+
+
+def test_frozen_teacher_loads_in_bf16_when_training_in_bf16(teacher, monkeypatch):
+    """A fully fine-tuned student keeps float32 master weights under bf16 autocast; the GKD teacher is only read,
+    so on a bf16 GPU (its answer given here) it loads in bf16 (a 32B teacher in 66 GB, not 131), and on the CPU it
+    matches the student."""
+    import torch
+
+    from distill.student import gkd
+
+    model, _ = build_student(tiny_student(), teacher)
+    assert next(model.parameters()).dtype is torch.float32
+    assert gkd.teacher_dtype(tiny_student(), model) is torch.float32
+    monkeypatch.setattr(gkd, "resolve_bf16", lambda requested: True)
+    assert gkd.teacher_dtype(tiny_student(), model) is torch.bfloat16
+    assert gkd.load_teacher(teacher, gkd.teacher_dtype(tiny_student(), model)).dtype is torch.bfloat16
