@@ -147,8 +147,8 @@ def test_weights_dtype_keeps_float32_master_weights_for_full_fine_tuning(monkeyp
 
 
 def test_bf16_trained_student_is_published_in_bf16(tmp_path):
-    """float32 master weights are an optimiser detail: the saved student is bf16 after bf16 training, as the
-    published R1-Distill checkpoints are, and loads back as such."""
+    """float32 master weights are an optimiser detail: the saved student (and its untrained baseline) is bf16 when
+    it trains in bf16, as the published R1-Distill checkpoints are, and loads back as such."""
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
@@ -162,7 +162,12 @@ def test_bf16_trained_student_is_published_in_bf16(tmp_path):
     save_model(model, tok, tmp_path / "out", dtype=torch.bfloat16)
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").dtype == torch.bfloat16
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert reloaded.dtype == torch.bfloat16
+    # the baseline is saved before training: the model in memory keeps its float32 master weights
+    assert model.dtype == torch.float32
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name].float(), tensor.to(torch.bfloat16).float()), name
 
 
 def test_global_batch_and_parallelism(monkeypatch):

@@ -57,7 +57,7 @@ def process_group_kwargs() -> dict[str, str]:
     return {"backend": "gloo"}
 
 
-def save_untrained(model: Any, tokenizer: Any, out: Path, is_main: bool) -> None:
+def save_untrained(model: Any, tokenizer: Any, out: Path, is_main: bool, dtype: Any = None) -> None:
     """Write the untrained student (the eval stage's baseline) to ``out`` from the main process. Every process must
     call it: under ZeRO-3 the weights are gathered collectively.
 
@@ -72,13 +72,13 @@ def save_untrained(model: Any, tokenizer: Any, out: Path, is_main: bool) -> None
     DeepSpeed.
 
     Without ZeRO-3 partitioning (one process, DDP, FSDP before ``prepare``) the main process already holds the
-    full model and saves it directly."""
+    full model and saves it directly. ``dtype``: the precision to write (model.publish_dtype)."""
     from .distributed import consolidated_state_dict, is_zero3_partitioned
     from .model import save_model
 
     if not is_zero3_partitioned(model):
         if is_main:
-            save_model(model, tokenizer, out)
+            save_model(model, tokenizer, out, dtype=dtype)
         return
     state = consolidated_state_dict(model, is_main)
     if is_main:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..pipeline import need, teacher_model_path
     from ..progress import quiet_library_loggers
     from .efficiency import resolve_bf16
-    from .model import build_student
+    from .model import build_student, publish_dtype
     from .train import train_student
 
     quiet_library_loggers()
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
         del guard
         params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full sizes
-        save_untrained(model, tokenizer, st.folder / "init", state.is_main_process)  # the eval stage's baseline
+        # the eval stage's baseline
+        save_untrained(model, tokenizer, st.folder / "init", state.is_main_process, publish_dtype(s))
         metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder,
                                 sampling=recipe.teacher.sampling, teacher_model=teacher_model_path(recipe))
         if state.is_main_process:

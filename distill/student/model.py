@@ -138,6 +138,12 @@ def align_eos(model: Any, tokenizer: Any, sampling: SamplingConfig | None = None
         max_new_tokens=min(sampling.max_new_tokens, 32768))
 
 
+def publish_dtype(cfg: StudentConfig) -> torch.dtype | None:
+    """The precision a student is written in: bf16 when it trains in bf16, as the published R1-Distill checkpoints
+    are (float32 master weights are an optimiser detail), else as it is."""
+    return torch.bfloat16 if resolve_bf16(cfg.train.bf16) else None
+
+
 def save_model(model: Any, tokenizer: Any, out: str | Path, state_dict: dict[str, Any] | None = None,
                dtype: torch.dtype | None = None) -> Path:
     """Save a plain model: a LoRA adapter is merged first (merge_and_unload), so what lands in ``out`` loads with
@@ -155,8 +161,18 @@ def save_model(model: Any, tokenizer: Any, out: str | Path, state_dict: dict[str
         model = merge_lora(model)
         model.generation_config = generation_config
     if dtype is not None and state_dict is None and model.dtype != dtype:
-        model = model.to(dtype)
-    model.save_pretrained(out, state_dict=state_dict)
+        # a cast copy in host memory (no GPU memory needed next to the optimizer states); the model itself keeps
+        # its float32 master weights (the baseline is saved before training)
+        state_dict = {name: tensor.to(device="cpu", dtype=dtype) for name, tensor in model.state_dict().items()}
+        kept = model.config.dtype
+        model.save_pretrained(out, state_dict=state_dict)
+        model.config.dtype = dtype  # save_pretrained records the model's own dtype; the files hold ``dtype``
+        try:
+            model.config.save_pretrained(out)
+        finally:
+            model.config.dtype = kept
+    else:
+        model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     return out
 

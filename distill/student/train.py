@@ -34,7 +34,7 @@ from .efficiency import (liger_provider, resolve_attn_implementation, resolve_bf
                          resolve_padding_free, resolve_report_to)
 from .lora import (is_peft_model, is_quantized, let_fused_head_read_token_rows, merge_adapter_folder,
                    peft_config, token_row_layers)
-from .model import align_eos, save_model
+from .model import align_eos, publish_dtype, save_model
 
 
 def kept_records(kept_dir: str | Path) -> list[dict[str, Any]]:
@@ -399,7 +399,7 @@ def save_trained(trainer: Any, tokenizer: Any, cfg: StudentConfig, out: Path, sa
             tokenizer.save_pretrained(out)
             model.generation_config.save_pretrained(out)
     elif distributed.is_main_process():
-        save_model(model, tokenizer, out, dtype=torch.bfloat16 if trainer.args.bf16 else None)
+        save_model(model, tokenizer, out, dtype=publish_dtype(cfg))
     trainer.accelerator.wait_for_everyone()
     return out
 
