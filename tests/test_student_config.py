@@ -158,10 +158,11 @@ def test_bf16_trained_student_is_published_in_bf16(tmp_path):
     tok = AutoTokenizer.from_pretrained(build_tiny_teacher(tmp_path / "teacher"))
     model = AutoModelForCausalLM.from_config(Qwen2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                                          num_attention_heads=2, num_key_value_heads=1,
-                                                         vocab_size=len(tok)))
+                                                         vocab_size=len(tok), tie_word_embeddings=True))
     save_model(model, tok, tmp_path / "out", dtype=torch.bfloat16)
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+        assert "lm_head.weight" not in f.keys()  # tied to the embeddings: written once, as without the cast
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert reloaded.dtype == torch.bfloat16
     # the baseline is saved before training: the model in memory keeps its float32 master weights

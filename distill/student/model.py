@@ -163,7 +163,12 @@ def save_model(model: Any, tokenizer: Any, out: str | Path, state_dict: dict[str
     if dtype is not None and state_dict is None and model.dtype != dtype:
         # a cast copy in host memory (no GPU memory needed next to the optimizer states); the model itself keeps
         # its float32 master weights (the baseline is saved before training)
-        state_dict = {name: tensor.to(device="cpu", dtype=dtype) for name, tensor in model.state_dict().items()}
+        state_dict, cast = {}, {}
+        for name, tensor in model.state_dict().items():
+            key = (tensor.data_ptr(), tensor.shape)  # tied weights (embeddings = LM head) stay one tensor
+            if key not in cast:
+                cast[key] = tensor.to(device="cpu", dtype=dtype)
+            state_dict[name] = cast[key]
         kept = model.config.dtype
         model.save_pretrained(out, state_dict=state_dict)
         model.config.dtype = dtype  # save_pretrained records the model's own dtype; the files hold ``dtype``
