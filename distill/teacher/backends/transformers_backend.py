@@ -33,8 +33,10 @@ def load_model_and_tokenizer(model_ref: str, dtype: str = "float32"):
         tokenizer = AutoTokenizer.from_pretrained(model_ref)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=DTYPES[dtype], device_map="cpu"
-                                                         if not torch.cuda.is_available() else None)
+            # on the GPUs when there are any (device_map=None would leave the weights on the CPU: seen on an H200,
+            # where the pipeline's evaluation ran on the CPU), spread over them when one is not enough
+            model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=DTYPES[dtype], device_map="auto"
+                                                         if torch.cuda.is_available() else "cpu")
     except OSError as exc:
         hint = " (offline: only local folders and cached models load)" if not Path(model_ref).exists() else ""
         raise DistillError(f"cannot load model: {str(exc).splitlines()[0]}{hint}", where=model_ref) from None
@@ -70,7 +72,8 @@ class TransformersBackend:
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start:start + self.batch_size]
             texts = [render_prompt(self.tokenizer, p.problem) for p in batch]
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                self.model.device)
             # Seeded per batch content, so a resumed run samples what an uninterrupted one would have.
             digest = hashlib.sha256(f"{sampling.seed}:{batch[0].id}".encode()).digest()
             torch.manual_seed(int.from_bytes(digest[:8], "little") % (2**63))
