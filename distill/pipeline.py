@@ -145,7 +145,7 @@ def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
 
 
 def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
-    from .student.model import build_student, parameter_count, publish_dtype, save_model
+    from .student.model import build_student, parameter_count, save_untrained
     from .student.train import train_student
 
     s = recipe.student
@@ -155,7 +155,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
     need(run / "filtered")
     st.begin(force)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
-    save_model(model, tokenizer, st.folder / "init", dtype=publish_dtype(s))
+    save_untrained(model, tokenizer, st.folder / "init", s)
     metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder, sampling=recipe.teacher.sampling,
                             teacher_model=teacher_model_path(recipe))
     return st.finish(inputs={"kept": str(run / "filtered" / "kept")},
@@ -165,7 +165,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
 def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     """The ablation: the same student, same settings, trained on every renderable trace (no correctness, format
     or dedup filtering), so the report shows what the filter buys."""
-    from .student.model import build_student, publish_dtype, save_model
+    from .student.model import build_student, save_untrained
     from .student.train import train_student
 
     if not recipe.compare_unfiltered:
@@ -189,7 +189,7 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
                 skipped += 1
         store.append(batch)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
-    save_model(model, tokenizer, st.folder / "init", dtype=publish_dtype(s))
+    save_untrained(model, tokenizer, st.folder / "init", s)
     metrics = train_student(model, tokenizer, s, data, st.folder, sampling=recipe.teacher.sampling)
     return st.finish(counts={"traces": usable, "unrenderable_skipped": skipped}, metrics=metrics)
 

@@ -35,7 +35,7 @@ def _build_trainer(cfg, teacher, tmp_path):
     rows = train.training_pairs(write_kept(tmp_path / "kept", 4), tok)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        callbacks = train.liger_callbacks(train.resolved_settings(cfg, model)["use_liger_kernel"])
+        callbacks = train.liger_callbacks(train.resolved_settings(cfg, model)["liger_provider"])
         args = train.training_args(cfg, tmp_path / "out", tok, model)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                              callbacks=callbacks)
@@ -117,5 +117,5 @@ def test_liger_package_kernels_leave_a_model_alone_without_the_package(teacher):
         pytest.skip("liger-kernel is installed here")
     model, _ = build_student(tiny_student(), teacher)
     before = {name: type(m) for name, m in model.named_modules()}
-    with train.liger_package_kernels(model, True):
+    with train.liger_package_kernels(model, liger_provider()):
         assert {name: type(m) for name, m in model.named_modules()} == before

@@ -3,7 +3,7 @@ starts from.
 
 Why: the eval stage compares the trained student with this folder. Under ZeRO-3 (``zero3_init_flag``) every
 process holds a shard of each weight, so the old launcher skipped the folder and the baseline eval had nothing to
-load. launch.save_untrained gathers the shards module by module (distributed.consolidated_state_dict).
+load. model.save_untrained gathers the shards module by module (distributed.consolidated_state_dict).
 
 Two tests run everywhere: the gather walk on an ordinary model equals ``state_dict()`` (tied weights come out
 once), and a stand-in partitioning that empties every parameter outside its gather shows the walk reads each
@@ -41,7 +41,7 @@ def test_gather_walk_equals_the_state_dict_and_saves_a_loadable_init(tmp_path, t
     from transformers import AutoModelForCausalLM
 
     from distill.student.distributed import consolidated_state_dict
-    from distill.student.launch import save_untrained
+    from distill.student.model import save_untrained
     from tests.tiny_models import build_tiny_tokenizer
 
     model = _tiny_model(tie)
@@ -142,7 +142,7 @@ def _worker(base: str, out: str) -> None:
     from transformers.integrations import HfDeepSpeedConfig
 
     from distill.student.distributed import is_zero3_partitioned
-    from distill.student.launch import save_untrained
+    from distill.student.model import save_untrained
     from distill.student.model import build_student
 
     deepspeed.init_distributed(dist_backend="gloo")

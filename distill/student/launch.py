@@ -12,7 +12,7 @@ Launch (Slurm):      sbatch --nodes 4 scripts/slurm_train.sbatch RECIPE RUN conf
 Loading is sharding-aware: under ZeRO-3 the DeepSpeed config is registered before the weights load (each process
 materialises only its shard); under FSDP with cpu_ram_efficient_loading only rank 0 reads the checkpoint. The
 untrained baseline (RUN/student/init) is written either way: gathered from the shards under ZeRO-3
-(:func:`save_untrained`).
+(model.save_untrained).
 """
 
 from __future__ import annotations
@@ -57,34 +57,6 @@ def process_group_kwargs() -> dict[str, str]:
     return {"backend": "gloo"}
 
 
-def save_untrained(model: Any, tokenizer: Any, out: Path, is_main: bool, dtype: Any = None) -> None:
-    """Write the untrained student (the eval stage's baseline) to ``out`` from the main process. Every process must
-    call it: under ZeRO-3 the weights are gathered collectively.
-
-    Why gather, and not save before partitioning or rebuild from the config and seed on rank 0: what the baseline
-    must hold is exactly the weights training starts from, and only the partitioned model holds them. Under
-    ``zero3_init_flag`` no process ever has the unpartitioned model (that is the point: a 32B student does not fit
-    one GPU); a random ``init_config`` student is initialised inside ``deepspeed.zero.Init``, whose random draws
-    differ from a one-process build with the same seed (most tensors differ, measured with DeepSpeed 0.19); and the
-    R1 rows a base gains (install_r1_format) may come from a random draw inside resize_token_embeddings. Gathering
-    the built model (distributed.consolidated_state_dict) reads the real weights, module by module, the way
-    DeepSpeed's own 16-bit save does, and writes them as an ordinary ``save_pretrained`` folder that loads without
-    DeepSpeed.
-
-    Without ZeRO-3 partitioning (one process, DDP, FSDP before ``prepare``) the main process already holds the
-    full model and saves it directly. ``dtype``: the precision to write (model.publish_dtype)."""
-    from .distributed import consolidated_state_dict, is_zero3_partitioned
-    from .model import save_model
-
-    if not is_zero3_partitioned(model):
-        if is_main:
-            save_model(model, tokenizer, out, dtype=dtype)
-        return
-    state = consolidated_state_dict(model, is_main)
-    if is_main:
-        save_model(model, tokenizer, out, state_dict=state)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill.student.launch", description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
@@ -101,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..pipeline import need, teacher_model_path
     from ..progress import quiet_library_loggers
     from .efficiency import resolve_bf16
-    from .model import build_student, publish_dtype
+    from .model import build_student, save_untrained
     from .train import train_student
 
     quiet_library_loggers()
@@ -125,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         del guard
         params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full sizes
         # the eval stage's baseline
-        save_untrained(model, tokenizer, st.folder / "init", state.is_main_process, publish_dtype(s))
+        save_untrained(model, tokenizer, st.folder / "init", s, state.is_main_process)
         metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder,
                                 sampling=recipe.teacher.sampling, teacher_model=teacher_model_path(recipe))
         if state.is_main_process:

@@ -144,6 +144,19 @@ def publish_dtype(cfg: StudentConfig) -> torch.dtype | None:
     return torch.bfloat16 if resolve_bf16(cfg.train.bf16) else None
 
 
+def cast_copy(model: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``model``'s state dict cast to ``dtype`` in host memory (no GPU memory next to the optimizer states), the
+    model itself untouched (it keeps its float32 master weights; the baseline is saved before training). Tied
+    weights (embeddings = LM head) stay one tensor, so save_pretrained still writes them once."""
+    state_dict, cast = {}, {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape)
+        if key not in cast:
+            cast[key] = tensor.to(device="cpu", dtype=dtype)
+        state_dict[name] = cast[key]
+    return state_dict
+
+
 def save_model(model: Any, tokenizer: Any, out: str | Path, state_dict: dict[str, Any] | None = None,
                dtype: torch.dtype | None = None) -> Path:
     """Save a plain model: a LoRA adapter is merged first (merge_and_unload), so what lands in ``out`` loads with
@@ -161,17 +174,8 @@ def save_model(model: Any, tokenizer: Any, out: str | Path, state_dict: dict[str
         model = merge_lora(model)
         model.generation_config = generation_config
     if dtype is not None and state_dict is None and model.dtype != dtype:
-        # a cast copy in host memory (no GPU memory needed next to the optimizer states); the model itself keeps
-        # its float32 master weights (the baseline is saved before training)
-        state_dict, cast = {}, {}
-        for name, tensor in model.state_dict().items():
-            key = (tensor.data_ptr(), tensor.shape)  # tied weights (embeddings = LM head) stay one tensor
-            if key not in cast:
-                cast[key] = tensor.to(device="cpu", dtype=dtype)
-            state_dict[name] = cast[key]
-        kept = model.config.dtype
-        model.save_pretrained(out, state_dict=state_dict)
-        model.config.dtype = dtype  # save_pretrained records the model's own dtype; the files hold ``dtype``
+        model.save_pretrained(out, state_dict=cast_copy(model, dtype))
+        kept, model.config.dtype = model.config.dtype, dtype  # save_pretrained wrote the model's own dtype
         try:
             model.config.save_pretrained(out)
         finally:
@@ -180,6 +184,35 @@ def save_model(model: Any, tokenizer: Any, out: str | Path, state_dict: dict[str
         model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     return out
+
+
+def save_untrained(model: Any, tokenizer: Any, out: Path, cfg: StudentConfig | None = None,
+                   is_main: bool = True) -> None:
+    """Write the untrained student (the eval stage's baseline) to ``out`` from the main process. Every process must
+    call it: under ZeRO-3 the weights are gathered collectively.
+
+    Why gather, and not save before partitioning or rebuild from the config and seed on rank 0: what the baseline
+    must hold is exactly the weights training starts from, and only the partitioned model holds them. Under
+    ``zero3_init_flag`` no process ever has the unpartitioned model (that is the point: a 32B student does not fit
+    one GPU); a random ``init_config`` student is initialised inside ``deepspeed.zero.Init``, whose random draws
+    differ from a one-process build with the same seed (most tensors differ, measured with DeepSpeed 0.19); and the
+    R1 rows a base gains (install_r1_format) may come from a random draw inside resize_token_embeddings. Gathering
+    the built model (distributed.consolidated_state_dict) reads the real weights, module by module, the way
+    DeepSpeed's own 16-bit save does, and writes them as an ordinary ``save_pretrained`` folder that loads without
+    DeepSpeed.
+
+    Without ZeRO-3 partitioning (one process, DDP, FSDP before ``prepare``) the main process already holds the
+    full model and saves it directly, in the precision the student is published in (:func:`publish_dtype` of
+    ``cfg``)."""
+    from .distributed import consolidated_state_dict, is_zero3_partitioned
+
+    if not is_zero3_partitioned(model):
+        if is_main:
+            save_model(model, tokenizer, out, dtype=publish_dtype(cfg) if cfg is not None else None)
+        return
+    state = consolidated_state_dict(model, is_main)
+    if is_main:
+        save_model(model, tokenizer, out, state_dict=state)
 
 
 def parameter_count(model: Any) -> int:

@@ -142,10 +142,10 @@ def r1_token_ids(tokenizer: Any) -> list[int]:
                    if i is not None and i != tokenizer.unk_token_id})
 
 
-def liger_callbacks(enabled: bool) -> list[Any]:
-    """The callback that loads Liger's kernels as transformers Hub kernels, when that is the provider for the
-    recipe's ``train.use_liger_kernel`` (``enabled``: as efficiency.resolve_liger resolved it on this machine); the
-    liger-kernel package is applied by :func:`liger_package_kernels` instead.
+def liger_callbacks(provider: str | None) -> list[Any]:
+    """The callback that loads Liger's kernels as transformers Hub kernels, when that is the ``provider`` resolved
+    for the recipe's ``train.use_liger_kernel`` (settings["liger_provider"]: None when off); the liger-kernel
+    package is applied by :func:`liger_package_kernels` instead.
 
     ``model.use_kernels = True`` is set at ``on_train_begin`` because kernelize picks each kernel by the model's
     device and train/eval mode, and a model still on the CPU (the Trainer moves it later) would get none;
@@ -154,7 +154,7 @@ def liger_callbacks(enabled: bool) -> list[Any]:
     Why not TRL's ``use_liger_kernel``: TRL 1.16 deprecates it (a FutureWarning on every run). Either way only the
     layer kernels apply: TRL computes the loss with its own fused LM head, never Liger's fused linear
     cross-entropy."""
-    if not enabled or liger_provider() != "hub":
+    if provider != "hub":
         return []
     from transformers import TrainerCallback
 
@@ -166,16 +166,16 @@ def liger_callbacks(enabled: bool) -> list[Any]:
 
 
 @contextlib.contextmanager
-def liger_package_kernels(model: Any, enabled: bool) -> Iterator[None]:
-    """liger-kernel's RMSNorm, SwiGLU and RoPE kernels on ``model`` while training (when ``enabled`` and the
-    package is the provider), patched in before any wrapping by DeepSpeed/FSDP/PEFT; no fused linear
+def liger_package_kernels(model: Any, provider: str | None) -> Iterator[None]:
+    """liger-kernel's RMSNorm, SwiGLU and RoPE kernels on ``model`` while training (when the package is the
+    resolved ``provider``), patched in before any wrapping by DeepSpeed/FSDP/PEFT; no fused linear
     cross-entropy (TRL's fused LM head owns the loss).
 
     Liger patches the model's modeling module too (``modeling_qwen2.apply_rotary_pos_emb``, the ``Qwen2RMSNorm``
     class), which would reach every model built later in the same process: the pipeline then evaluated the
     teacher on the CPU through a Triton kernel and failed ("cannot be accessed from Triton (cpu tensor?)", seen
     on an H200). Those module-level patches are undone when training ends; the trained instance keeps its own."""
-    if not (enabled and liger_provider() == "liger_kernel"):
+    if provider != "liger_kernel":
         yield
         return
     from transformers.integrations.liger import apply_liger_kernel
@@ -277,8 +277,8 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
     out_dir = Path(out_dir)
     rows = training_pairs(kept_dir, tokenizer)
     settings = resolved_settings(cfg, model)
-    callbacks = tensorboard_callbacks(cfg, out_dir) + liger_callbacks(settings["use_liger_kernel"])
-    with warnings.catch_warnings(), liger_package_kernels(model, settings["use_liger_kernel"]):
+    callbacks = tensorboard_callbacks(cfg, out_dir) + liger_callbacks(settings["liger_provider"])
+    with warnings.catch_warnings(), liger_package_kernels(model, settings["liger_provider"]):
         warnings.simplefilter("ignore")
         if t.distill_method == "gkd":
             from .gkd import gkd_trainer

@@ -25,10 +25,9 @@ def load_model_and_tokenizer(model_ref: str, dtype: str = "float32"):
     """Load a causal LM and its tokenizer from a folder or Hub id, offline-aware, with one clear error."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ...hub_access import check_loadable
+    from ...hub_access import loadable_ref
 
-    if not Path(model_ref).exists():
-        check_loadable(model_ref)
+    model_ref = loadable_ref(model_ref)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_ref)
         with warnings.catch_warnings():
