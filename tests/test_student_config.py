@@ -304,8 +304,9 @@ def test_qwen_1_5b_flops_plan_for_the_gpu_benchmark():
 @pytest.mark.parametrize("docs", [1, 4])
 def test_gpu_benchmark_step_runs_on_a_tiny_model(docs):
     """The timed step of benchmarks/gpu_mfu.py is the same code on a CPU and a tiny Qwen2 config, so it cannot rot
-    between the rare sessions that have a GPU: it trains (loss falls from ln(vocab)), packed documents go
-    through sdpa_varlen with their boundaries, and the FLOPs it divides by are those of the plan."""
+    between the rare sessions that have a GPU: it runs optimiser steps to a finite loss near ln(vocab) (random
+    weights, the benchmark's lr 1e-5), packed documents go through sdpa_varlen with their boundaries, and the
+    FLOPs it divides by are those of the plan."""
     spec = importlib.util.spec_from_file_location("gpu_mfu", ROOT / "benchmarks" / "gpu_mfu.py")
     gpu_mfu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_mfu)
@@ -315,6 +316,6 @@ def test_gpu_benchmark_step_runs_on_a_tiny_model(docs):
                           config=tiny, device="cpu")
     assert res["device"] == "cpu" and res["docs"] == docs
     assert res["attn_implementation"] == ("sdpa_varlen" if docs > 1 else "sdpa")
-    assert 0 < res["loss"] < 1.1 * math.log(128)
+    assert 0.8 * math.log(128) < res["loss"] < 1.2 * math.log(128)
     flops = gpu_mfu.plan(64, docs, tiny)["train_flops_per_step"]
     assert res["mfu"] == pytest.approx(flops / res["seconds_per_step"] / 1e6, rel=0.02)  # peak 1e-6 TFLOPS
