@@ -11,6 +11,8 @@
 #      save, then evaluated.
 #   4. FSDP2 through the shipped configs/accelerate/fsdp2.yaml on the GPUs present.
 #   5. GKD (on-policy logit distillation) in bf16 on the GPU.
+#   0. First, packed attention alone (benchmarks/bench_varlen_attention.py): stock masked SDPA, per-trace SDPA with
+#      and without cuDNN, and torch's flash varlen kernel, on fresh trace lengths each step.
 # Also, by name only (PARTS="mfu32k packing ..."): mfu32k (32k tokens, gradient checkpointing), packing,
 # packing-noliger, packing-sdpa (padding-free packed training through the trainer; probes of a GPU slowdown).
 #
@@ -20,7 +22,7 @@
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 RUN=${RUN:-.gpu/run}
-PARTS=${PARTS:-mfu pipeline qlora fsdp2 gkd}  # a subset reruns only those
+PARTS=${PARTS:-varlen packing mfu pipeline qlora fsdp2 gkd}  # a subset reruns only those
 PY=${PY:-python3}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log") 2>&1
@@ -62,6 +64,9 @@ for name in ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "
         print(f"{name} -: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
 EOF
 
+# 0. Packed attention alone: the suspected cause of the packed slowdown (2b) is cuDNN planning per trace length
+want varlen && part varlen 120 $PY benchmarks/bench_varlen_attention.py
+
 # 1. MFU
 want mfu && for variant in "" "--liger" "--liger --sdpa-backend cudnn" "--liger --docs 8"; do
     # shellcheck disable=SC2086
@@ -83,7 +88,9 @@ if want pipeline && [ -d "$RUN/filtered" ]; then
 fi
 
 # 2b. Padding-free packing through the trainer (sdpa_varlen, or flash-attention's varlen kernel where installed).
-# On the H200 (2026-11-28, no flash-attn, Liger on) this ran at ~1,100 tokens/s against ~113,000 unpacked. The
+# On the H200 (2026-11-28, no flash-attn, Liger on) this ran at ~1,100 tokens/s against ~113,000 unpacked, when
+# sdpa_varlen looped over the traces with torch's default SDPA backends. Suspected cause: cuDNN attention (the
+# default and cuDNN-forced MFU rows match, so torch seems to pick it on Hopper) plans a kernel per new length. sdpa_varlen now takes torch's flash varlen kernel on GPUs. If packing is still slow, the
 # probes bisect it: Liger off (packing-noliger), stock mask-based SDPA instead of sdpa_varlen (packing-sdpa);
 # compare their tokens/s lines with packing's.
 declare -A PROBE=([packing]="" [packing-noliger]="student.train.use_liger_kernel=false"

@@ -1,0 +1,101 @@
+"""``sdpa_varlen`` on a GPU hands a packed row to torch's flash varlen kernel; these pin that hand-off on the CPU.
+
+Why: the kernel is CUDA-only, so the GPU path cannot run here, and it is the path every packed GPU run without
+flash-attn takes. What can be checked here is checked: the call against the real kernel's own shape rules (torch
+runs its registered fake implementation on meta tensors, forward and backward), the layout round trip against
+per-document SDPA with a CPU stand-in that keeps the kernel's contract (both causal spellings torch has had, with
+and without GQA), that a float32 query (bf16 autocast over float32 masters) runs in half precision, and that CPU tensors never
+take the kernel path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.student import attention
+
+LENGTHS = [5, 1, 9, 3]
+
+
+def _row(heads=4, kv_heads=2, dim=8, dtype=torch.float32, device="cpu", grad=False):
+    n = sum(LENGTHS)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, heads, n, dim, generator=g, dtype=dtype).to(device)
+    k, v = (torch.randn(1, kv_heads, n, dim, generator=g, dtype=dtype).to(device) for _ in range(2))
+    for t in (q, k, v):
+        t.requires_grad_(grad)
+    cu = torch.tensor([0] + torch.tensor(LENGTHS).cumsum(0).tolist(), dtype=torch.int32, device=device)
+    return q, k, v, cu
+
+
+def test_call_fits_the_installed_kernel_forward_and_backward():
+    if attention.varlen_kernel() is None:
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    q, k, v, cu = _row(dtype=torch.bfloat16, device="meta", grad=True)
+    out = attention.varlen_kernel_attention(q, k, v, cu, max(LENGTHS), scaling=None)
+    assert out.shape == (1, sum(LENGTHS), 4, 8)  # (B, N, H, D), what transformers' attention interface returns
+    out.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape  # GQA: gradients land on the 2 key/value heads
+
+
+def _cpu_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+    """The kernel's contract (packed (T, H, D), cumulative boundaries) computed per document on a CPU."""
+    assert window_size == (-1, 0)  # causal
+    return _per_doc(q, k, v, cu_q, scale, enable_gqa)
+
+
+def _cpu_varlen_old(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, scale=None):
+    """The first torch releases' spelling: is_causal, no GQA (the caller repeats the key/value heads)."""
+    assert is_causal and q.shape[1] == k.shape[1]
+    return _per_doc(q, k, v, cu_q, scale, False)
+
+
+def _per_doc(q, k, v, cu, scale, gqa):
+    assert cu.dtype == torch.int32 and int(cu[-1]) == q.shape[0]
+    b = cu.tolist()
+    return torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1), is_causal=True, scale=scale,
+        enable_gqa=gqa).transpose(0, 1) for s, e in zip(b[:-1], b[1:])])
+
+
+@pytest.mark.parametrize("kernel", [_cpu_varlen, _cpu_varlen_old])
+def test_kernel_path_equals_per_document_sdpa(monkeypatch, kernel):
+    monkeypatch.setattr(attention, "varlen_kernel", lambda: (kernel, attention.causal_kwargs(kernel)))
+    q, k, v, cu = _row()
+    got = attention.varlen_kernel_attention(q, k, v, cu, max(LENGTHS), scaling=0.3)
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    want = attention.per_document_attention(q, repeat_kv(k, 2), repeat_kv(v, 2), cu.tolist(), 0.0, 0.3)
+    assert got.shape == want.shape == (1, sum(LENGTHS), 4, 8)
+    torch.testing.assert_close(got, want)
+
+
+def test_causal_spellings():
+    assert attention.causal_kwargs(_cpu_varlen) == {"window_size": (-1, 0), "enable_gqa": True}
+    assert attention.causal_kwargs(_cpu_varlen_old) == {"is_causal": True}
+    assert attention.causal_kwargs(lambda q, k, v: q) is None  # a kernel we cannot make causal is not used
+
+
+def test_cpu_tensors_never_take_the_kernel_path():
+    q = torch.zeros(1, 4, 8, 8, dtype=torch.bfloat16)
+    assert attention.kernel_dtype(q, dropout=0.0, training=True) is None
+
+
+def test_float32_query_runs_the_kernel_in_the_given_half_precision():
+    """Full fine-tuning trains float32 masters under bf16 autocast; the kernel takes only half precision."""
+    if attention.varlen_kernel() is None:
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    q, k, v, cu = _row(device="meta", grad=True)
+    out = attention.varlen_kernel_attention(q, k, v, cu, max(LENGTHS), None, dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.float32
+
+
+def test_per_document_zeros_the_tail_after_the_last_document():
+    q, k, v, cu = _row(kv_heads=4)
+    bounds = cu.tolist()[:-1]  # the last document's tokens are now padding after the final boundary
+    out = attention.per_document_attention(q, k, v, bounds, 0.0, None)
+    assert out.shape == (1, sum(LENGTHS), 4, 8)
+    assert torch.count_nonzero(out[0, bounds[-1]:]) == 0 and torch.count_nonzero(out[0, :bounds[-1]]) > 0
