@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     tokens = a.tokens or (16384 if a.device == "cuda" else 2048)
     paths = ["stock sdpa, block mask", "per trace"]
     if a.device == "cuda":
-        paths.append("per trace, cuDNN allowed")
         if varlen_kernel() is not None:
             paths.append("varlen kernel")
+        paths.append("per trace, cuDNN allowed")  # last: if it plans per length it is the slow one
     print(f"{a.device} ({torch.cuda.get_device_name() if a.device == 'cuda' else 'torch ' + torch.__version__}), "
           f"row of {tokens} tokens, {a.steps} steps, fresh trace lengths each step")
     base = None

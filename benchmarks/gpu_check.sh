@@ -3,18 +3,19 @@
 #
 # Why one script: a borrowed GPU is scarce (minutes), so everything that cannot run on a CPU runs here in one go,
 # each part under its own time limit so one hang costs only its part:
-#   1. MFU of a Qwen2.5-1.5B-shaped training step at 16k tokens (benchmarks/gpu_mfu.py): plain SDPA, Liger
-#      kernels, cuDNN attention, packed documents through sdpa_varlen.
-#   2. The demo pipeline continued on the GPU from carried, already filtered traces (RUN, default .gpu/run):
-#      train in bf16 (+ Liger when installed), quantize with bitsandbytes int8, evaluate, export.
-#   3. QLoRA: the tiny teacher in bitsandbytes NF4 with LoRA adapters (students/tiny-arith-qlora.yaml), merged at
-#      save, then evaluated.
-#   4. FSDP2 through the shipped configs/accelerate/fsdp2.yaml on the GPUs present.
-#   5. GKD (on-policy logit distillation) in bf16 on the GPU.
-#   0. First, packed attention alone (benchmarks/bench_varlen_attention.py): stock masked SDPA, per-trace SDPA with
-#      and without cuDNN, and torch's flash varlen kernel, on fresh trace lengths each step.
-# Also, by name only (PARTS="mfu32k packing ..."): mfu32k (32k tokens, gradient checkpointing), packing,
-# packing-noliger, packing-sdpa (padding-free packed training through the trainer; probes of a GPU slowdown).
+#   varlen      packed attention alone (benchmarks/bench_varlen_attention.py): stock masked SDPA, per-trace SDPA
+#               with and without cuDNN, torch's flash varlen kernel, on fresh trace lengths each step.
+#   packing     padding-free packed training of the tiny student through the trainer (packing-noliger,
+#               packing-sdpa: probes that bisect a slowdown there).
+#   mfu         MFU of a Qwen2.5-1.5B-shaped training step at 16k tokens (benchmarks/gpu_mfu.py): plain SDPA,
+#               Liger kernels, cuDNN attention, packed documents through sdpa_varlen (mfu-packed: only that one;
+#               mfu32k: 32k tokens with gradient checkpointing).
+#   pipeline    the demo pipeline continued on the GPU from carried, already filtered traces (RUN, default
+#               .gpu/run): train in bf16 (+ Liger when installed), quantize with bitsandbytes int8, evaluate, export.
+#   qlora       the tiny teacher in bitsandbytes NF4 with LoRA adapters (students/tiny-arith-qlora.yaml), merged
+#               at save, then evaluated.
+#   fsdp2       FSDP2 through the shipped configs/accelerate/fsdp2.yaml on the GPUs present.
+#   gkd         GKD (on-policy logit distillation) in bf16 on the GPU.
 #
 # Usage (repo root, GPU machine): OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh
 # Python packages the machine lacks can come as wheels in .whl/ (installed into /tmp/site, put first on PYTHONPATH).
@@ -22,7 +23,9 @@
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 RUN=${RUN:-.gpu/run}
-PARTS=${PARTS:-varlen packing mfu pipeline qlora fsdp2 gkd}  # a subset reruns only those
+# The default is what no GPU run has confirmed yet (about 8 minutes); "mfu qlora fsdp2 gkd" were measured on
+# 2026-11-28 (README). A subset reruns only those.
+PARTS=${PARTS:-varlen packing mfu-packed pipeline}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log") 2>&1
@@ -68,7 +71,10 @@ EOF
 want varlen && part varlen 120 $PY benchmarks/bench_varlen_attention.py
 
 # 1. MFU
-want mfu && for variant in "" "--liger" "--liger --sdpa-backend cudnn" "--liger --docs 8"; do
+variants=()
+want mfu && variants=("" "--liger" "--liger --sdpa-backend cudnn" "--liger --docs 8")
+want mfu-packed && ! want mfu && variants=("--liger --docs 8")  # packed documents only
+for variant in "${variants[@]}"; do
     # shellcheck disable=SC2086
     part "mfu${variant// /}" 150 $PY benchmarks/gpu_mfu.py $variant
     grep '^{' "/tmp/part-mfu${variant// /}.log" >> "$OUT/mfu.jsonl"
