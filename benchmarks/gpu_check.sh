@@ -74,7 +74,7 @@ want varlen && part varlen 120 $PY benchmarks/bench_varlen_attention.py
 variants=()
 want mfu && variants=("" "--liger" "--liger --sdpa-backend cudnn" "--liger --docs 8")
 want mfu-packed && ! want mfu && variants=("--liger --docs 8")  # packed documents only
-for variant in "${variants[@]}"; do
+for variant in ${variants[@]+"${variants[@]}"}; do  # (empty-safe under set -u)
     # shellcheck disable=SC2086
     part "mfu${variant// /}" 150 $PY benchmarks/gpu_mfu.py $variant
     grep '^{' "/tmp/part-mfu${variant// /}.log" >> "$OUT/mfu.jsonl"
@@ -96,9 +96,10 @@ fi
 # 2b. Padding-free packing through the trainer (sdpa_varlen, or flash-attention's varlen kernel where installed).
 # On the H200 (2026-11-28, no flash-attn, Liger on) this ran at ~1,100 tokens/s against ~113,000 unpacked, when
 # sdpa_varlen looped over the traces with torch's default SDPA backends. Suspected cause: cuDNN attention (the
-# default and cuDNN-forced MFU rows match, so torch seems to pick it on Hopper) plans a kernel per new length. sdpa_varlen now takes torch's flash varlen kernel on GPUs. If packing is still slow, the
-# probes bisect it: Liger off (packing-noliger), stock mask-based SDPA instead of sdpa_varlen (packing-sdpa);
-# compare their tokens/s lines with packing's.
+# default and cuDNN-forced MFU rows match, so torch seems to pick it on Hopper) plans a kernel per new length.
+# sdpa_varlen now takes torch's flash varlen kernel on GPUs. If packing is still slow, the probes bisect it:
+# Liger off (packing-noliger), stock mask-based SDPA instead of sdpa_varlen (packing-sdpa); compare their
+# tokens/s lines with packing's.
 declare -A PROBE=([packing]="" [packing-noliger]="student.train.use_liger_kernel=false"
                   [packing-sdpa]="student.train.attn_implementation=sdpa")
 for variant in packing packing-noliger packing-sdpa; do
