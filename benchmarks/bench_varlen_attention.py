@@ -15,6 +15,7 @@ The shapes are one Qwen2.5-1.5B attention layer (12 query heads, 2 key/value hea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -71,8 +72,10 @@ def run(path: str, tokens: int, steps: int, device: str) -> dict:
                 mask = (doc[:, None] == doc[None, :]).tril()
                 out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             else:
-                out = attention.per_document_attention(q, k, v, bounds, 0.0, None,
-                                                       allow_cudnn=path == "per trace, cuDNN allowed")
+                allowed = contextlib.nullcontext() if path == "per trace, cuDNN allowed" else \
+                    attention.without_cudnn(device == "cuda")  # as sdpa_varlen runs it
+                with allowed:
+                    out = attention.per_document_attention(q, k, v, bounds, 0.0, None)
         out.float().square().mean().backward()
         sync()
         if step:

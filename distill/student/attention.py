@@ -95,7 +95,7 @@ def varlen_kernel_attention(query, key, value, cu, max_length: int, scaling: flo
     return out.unsqueeze(0)
 
 
-def _no_cudnn(device_is_cuda: bool):
+def without_cudnn(device_is_cuda: bool):
     """SDPA backends minus cuDNN on a GPU (see the module docstring); nothing to restrict on a CPU."""
     if not device_is_cuda:
         return contextlib.nullcontext()
@@ -104,21 +104,19 @@ def _no_cudnn(device_is_cuda: bool):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def per_document_attention(query, key, value, bounds: list[int], dropout: float, scaling: float | None,
-                           allow_cudnn: bool = False):
+def per_document_attention(query, key, value, bounds: list[int], dropout: float, scaling: float | None):
     """Causal SDPA over each document of a (1, H, N, D) row in turn -> (1, N, H, D); key/value have all H heads.
+    The SDPA backend is the caller's choice (sdpa_varlen_forward keeps cuDNN out with :func:`without_cudnn`).
 
-    Positions after the last boundary (padding to a multiple) get zeros: they carry no loss. ``allow_cudnn`` is
-    for benchmarks/bench_varlen_attention.py, which measures what keeping cuDNN out saves."""
+    Positions after the last boundary (padding to a multiple) get zeros: they carry no loss."""
     import torch
 
     parts = []
-    with contextlib.nullcontext() if allow_cudnn else _no_cudnn(query.is_cuda):
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            if end > start:
-                parts.append(torch.nn.functional.scaled_dot_product_attention(
-                    query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], is_causal=True,
-                    dropout_p=dropout, scale=scaling))
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            parts.append(torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], is_causal=True,
+                dropout_p=dropout, scale=scaling))
     out = torch.cat(parts, dim=2)
     if out.shape[2] < query.shape[2]:
         pad = query.new_zeros(*query.shape[:2], query.shape[2] - out.shape[2], query.shape[3])
@@ -153,7 +151,8 @@ def sdpa_varlen_forward(module: Any, query, key, value, attention_mask, dropout:
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    return per_document_attention(query, key, value, cu.tolist(), dropout if training else 0.0, scaling), None
+    with without_cudnn(query.is_cuda):
+        return per_document_attention(query, key, value, cu.tolist(), dropout if training else 0.0, scaling), None
 
 
 def register() -> str:
