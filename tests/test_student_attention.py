@@ -99,3 +99,42 @@ def test_per_document_zeros_the_tail_after_the_last_document():
     out = attention.per_document_attention(q, k, v, bounds, 0.0, None)
     assert out.shape == (1, sum(LENGTHS), 4, 8)
     assert torch.count_nonzero(out[0, bounds[-1]:]) == 0 and torch.count_nonzero(out[0, :bounds[-1]]) > 0
+
+
+def test_mask_is_skipped_only_for_one_causal_row_without_padding():
+    """No mask where sdpa_varlen attends from the boundaries itself; sdpa's mask wherever anything else applies."""
+    from transformers.masking_utils import sliding_window_causal_mask_function
+
+    one = dict(batch_size=1, q_length=6, kv_length=6)
+    assert attention.varlen_mask(**one) is None
+    padded = torch.tensor([[0, 1, 1, 1, 1, 1]])  # left padding
+    cases = {"padding": dict(one, attention_mask=padded, allow_is_causal_skip=True),
+             "sliding window": dict(one, local_size=2, mask_function=sliding_window_causal_mask_function(2)),
+             "model's own mask rules": dict(one, use_vmap=True, allow_is_causal_skip=False),
+             "bidirectional": dict(one, allow_is_causal_skip=False, allow_is_bidirectional_skip=False)}
+    for name, kwargs in cases.items():
+        mask = attention.varlen_mask(**kwargs)
+        assert mask is not None and mask.shape == (1, 1, 6, 6), name
+    assert not attention.varlen_mask(**cases["padding"])[0, 0, 5, 0]  # the padded position stays masked
+    assert attention.varlen_mask(**cases["sliding window"])[0, 0].sum() == 11  # 1 + 2 + 2 + 2 + 2 + 2 keys
+
+
+def test_generation_matches_sdpa():
+    """Without the mask, a cached generation (prefill then one-token steps, single and left-padded batches) still
+    equals stock sdpa token for token: GKD's on-policy sampling runs the student with sdpa_varlen."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    attention.register()
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1)
+    out = {}
+    for impl in ("sdpa", attention.NAME):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=impl).eval()
+        ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+        mask = (ids != 0).long()
+        with torch.no_grad():
+            out[impl] = [model.generate(input_ids=ids[1:], max_new_tokens=8, do_sample=False),
+                         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)]
+    for plain, varlen in zip(out["sdpa"], out[attention.NAME]):
+        assert torch.equal(plain, varlen)

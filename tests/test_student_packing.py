@@ -93,9 +93,34 @@ def test_packed_loss_equals_separate_losses(tok, tmp_path, impl):
         # the same flat row as one sequence (positions that do not restart, no boundaries): examples attend to each
         # other, which must show in the loss
         leaky = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.item()
+        # without the collator's boundaries the restarting position ids alone keep the documents apart
+        bounds = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+        positions_only = model(**{k: v for k, v in batch.items() if k not in bounds}).loss.item()
     # token-weighted mean over examples (the per-token mean a packed batch optimises)
     assert packed_loss == pytest.approx(total / count, rel=1e-5, abs=1e-5)
+    assert positions_only == pytest.approx(packed_loss, rel=1e-6, abs=1e-6)
     assert abs(leaky - packed_loss) > 100 * abs(packed_loss - total / count)
+
+
+def test_varlen_builds_no_mask_for_a_packed_row(tok, tmp_path):
+    """sdpa builds an N x N block-diagonal mask for a packed row; sdpa_varlen, which never reads it, builds none
+    (1 GiB of bools per forward at 32k tokens). A padded batch still gets its padding mask."""
+    from transformers.masking_utils import create_causal_mask
+
+    rows = _rows(tok)
+    masks = {}
+    for impl in ("sdpa", "sdpa_varlen"):
+        model = _model(tok, impl)
+        batch = _trainer(model, tok, rows, tmp_path, packing=True).data_collator([{"input_ids": list(range(5, 45)),
+                                                                                "seq_lengths": [25, 15]}])
+        embeds = model.get_input_embeddings()(batch["input_ids"])
+        masks[impl] = create_causal_mask(model.config, embeds, None, None, position_ids=batch["position_ids"])
+        padding = torch.ones(2, 40, dtype=torch.long)
+        padding[1, 30:] = 0
+        padded = create_causal_mask(model.config, embeds.expand(2, -1, -1), padding, None)
+        assert padded is not None and padded.shape == (2, 1, 40, 40) and not padded[1, 0, 35, 30:].any()
+    assert masks["sdpa"].shape == (1, 1, 40, 40) and not masks["sdpa"][0, 0, 30, :25].any()  # the 2nd document
+    assert masks["sdpa_varlen"] is None
 
 
 def test_varlen_keeps_documents_apart_even_with_a_cache(tok, tmp_path):

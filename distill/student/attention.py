@@ -14,6 +14,11 @@ collator computes (``cu_seq_lens_q``), this attends per document instead:
 
 Anything else (padded batches, generation with a cache) goes to the stock ``sdpa`` path unchanged, so the name is
 safe to use everywhere.
+
+The block-diagonal mask transformers would build for a packed row is skipped too (:func:`varlen_mask`): this
+attention never reads it, and it is an N x N tensor per forward (1 GiB of bools at 32k tokens, several times that
+while it is built). Where the collator's boundaries are missing, they are read from the restarting position ids
+instead, so skipping the mask never lets documents see each other.
 """
 
 from __future__ import annotations
@@ -124,6 +129,25 @@ def per_document_attention(query, key, value, bounds: list[int], dropout: float,
     return out.transpose(1, 2).contiguous()
 
 
+def packed_boundaries(kwargs: dict[str, Any], length: int):
+    """(cu, max_length) for a packed (1, N) row, or None for a row that is one sequence.
+
+    The collator's ``cu_seq_lens_q``/``max_length_q`` when it passed them (TRL's padding-free collator does); else
+    read from position ids that restart, as transformers' flash path does (``prepare_fa_kwargs_from_position_ids``),
+    because :func:`varlen_mask` gave the row no mask to keep its documents apart."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is not None:
+        max_length = kwargs.get("max_length_q")
+        return cu, None if max_length is None else int(max_length)
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or position_ids.shape[-1] != length or position_ids.numel() != length or length < 2:
+        return None
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    (cu, _), (max_length, _) = prepare_fa_kwargs_from_position_ids(position_ids)
+    return (cu, int(max_length)) if len(cu) > 2 else None
+
+
 _kernel_failed = False
 
 
@@ -134,16 +158,19 @@ def sdpa_varlen_forward(module: Any, query, key, value, attention_mask, dropout:
     global _kernel_failed
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    cu = kwargs.get("cu_seq_lens_q")
-    if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or kwargs.get("position_bias") is not None:
+    row = query.shape[0] == 1 and query.shape[2] == key.shape[2] and kwargs.get("position_bias") is None
+    packed = None
+    if row and (attention_mask is None or kwargs.get("cu_seq_lens_q") is not None):
+        packed = packed_boundaries(kwargs, query.shape[2])
+    if packed is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    cu, max_length = packed
     training = bool(getattr(module, "training", False))
-    max_length = kwargs.get("max_length_q")
     dtype = None if max_length is None or _kernel_failed else kernel_dtype(query, dropout, training)
     if dtype is not None:
         try:
-            return varlen_kernel_attention(query, key, value, cu, int(max_length), scaling, dtype), None
+            return varlen_kernel_attention(query, key, value, cu, max_length, scaling, dtype), None
         except (RuntimeError, NotImplementedError) as exc:  # e.g. a torch built without flash kernels
             _kernel_failed = True
             log.warning("torch's varlen attention kernel failed (%s); packed attention falls back to per-document "
@@ -155,14 +182,34 @@ def sdpa_varlen_forward(module: Any, query, key, value, attention_mask, dropout:
         return per_document_attention(query, key, value, cu.tolist(), dropout if training else 0.0, scaling), None
 
 
+def varlen_mask(*, batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                attention_mask=None, local_size: int | None = None, use_vmap: bool = False, **kwargs: Any):
+    """The mask function for ``sdpa_varlen``: no mask for a single causal row without padding, sdpa's otherwise.
+
+    Why: for a packed row transformers composes a block-diagonal mask from the restarting position ids, which
+    :func:`sdpa_varlen_forward` never reads (it attends per document from the boundaries, see
+    :func:`packed_boundaries`). A padded batch, a cache (offsets), a sliding window or chunked attention
+    (``local_size``), extra mask rules (``use_vmap``: the model adds its own and/or functions) and bidirectional
+    masks (encoders) keep sdpa's mask."""
+    causal = "allow_is_bidirectional_skip" not in kwargs  # only create_bidirectional_mask passes it
+    if (causal and batch_size == 1 and attention_mask is None and q_length == kv_length and not q_offset
+            and not kv_offset and local_size is None and not use_vmap):
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                     kv_offset=kv_offset, attention_mask=attention_mask, local_size=local_size, use_vmap=use_vmap,
+                     **kwargs)
+
+
 def register() -> str:
     """Make ``attn_implementation="sdpa_varlen"`` known to transformers (idempotent); returns the name."""
     global _registered
     if not _registered:
         from transformers import AttentionInterface
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
         AttentionInterface.register(NAME, sdpa_varlen_forward)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # padded batches still get their padding mask
+        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, varlen_mask)
         _registered = True
     return NAME
