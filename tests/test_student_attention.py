@@ -138,3 +138,34 @@ def test_generation_matches_sdpa():
                          model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)]
     for plain, varlen in zip(out["sdpa"], out[attention.NAME]):
         assert torch.equal(plain, varlen)
+
+
+def test_model_forward_takes_the_kernel_with_collator_or_position_boundaries(monkeypatch):
+    """Through a real model forward, the kernel branch of sdpa_varlen_forward (CPU stand-in kernel) gives the
+    per-trace loop's logits, with the collator's boundaries and with only restarting position ids."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    attention.register()
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, use_cache=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attention.NAME).eval()
+    ids = torch.randint(2, 64, (1, sum(LENGTHS)))
+    positions = torch.cat([torch.arange(n) for n in LENGTHS])[None]
+    cu = torch.tensor([0] + torch.tensor(LENGTHS).cumsum(0).tolist(), dtype=torch.int32)
+    bounds = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(LENGTHS), max_length_k=max(LENGTHS))
+    with torch.no_grad():
+        loop = model(input_ids=ids, position_ids=positions, **bounds).logits
+        calls = []
+
+        def kernel(*args, **kwargs):
+            calls.append(args[5])  # max length
+            return _cpu_varlen(*args, **kwargs)
+
+        monkeypatch.setattr(attention, "varlen_kernel", lambda: (kernel, attention.causal_kwargs(_cpu_varlen)))
+        monkeypatch.setattr(attention, "kernel_dtype", lambda query, dropout, training: torch.float32)
+        with_bounds = model(input_ids=ids, position_ids=positions, **bounds).logits
+        positions_only = model(input_ids=ids, position_ids=positions).logits
+    assert calls == [max(LENGTHS)] * 4  # 2 layers x 2 forwards, every one through the kernel
+    torch.testing.assert_close(with_bounds, loop)
+    torch.testing.assert_close(positions_only, loop)
