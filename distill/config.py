@@ -245,7 +245,8 @@ class ParallelSettings(Strict):
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(1, ge=1)
     sequence_parallel_size: int = Field(1, ge=1, description="DeepSpeed Ulysses/ALST: splits each sequence over "
-                                        "this many GPUs (ZeRO configs only); packing needs flash-attention")
+                                        "this many GPUs (ZeRO configs only); packing needs flash-attention or "
+                                        "sdpa_varlen")
     context_parallel_size: int = Field(1, ge=1, description="FSDP2 ring attention (fsdp2 config only); "
                                        "incompatible with packing")
 
@@ -308,6 +309,13 @@ class TrainConfig(Strict):
         if sp > 1 and self.pad_to_multiple_of is not None and self.pad_to_multiple_of % sp:
             raise ValueError(f"pad_to_multiple_of {self.pad_to_multiple_of} must be a multiple of "
                              f"parallel.sequence_parallel_size {sp}: Ulysses splits every batch's length evenly")
+        if self.packing and sp > 1 and self.per_device_train_batch_size != 1:
+            raise ValueError(f"packing with parallel.sequence_parallel_size {sp} needs per_device_train_batch_size 1 "
+                             f"(not {self.per_device_train_batch_size}): each packed bin is one micro-batch, the "
+                             "shape Ulysses is set up for")
+        if self.packing and self.parallel.context_parallel_size > 1:
+            raise ValueError("packing with parallel.context_parallel_size > 1: ring attention keeps only the causal "
+                             "mask, so packed examples would attend to each other (use sequence_parallel_size)")
         return self
 
 

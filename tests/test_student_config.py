@@ -190,9 +190,17 @@ def test_global_batch_and_parallelism(monkeypatch):
     assert sp.sp_size == 2 and sp.sp_backend == "deepspeed" and sp.sp_handler.sp_seq_length_is_variable
     assert sp.sp_handler.sp_attn_implementation == "flash_attention_2"  # the model's: DeepSpeed refuses another
     assert distributed.parallelism_config(t.parallel, "sdpa").sp_handler.sp_attn_implementation == "sdpa"
-    # Ulysses masks by position ids only: SDPA would let packed examples attend to each other
+    # Ulysses drops the mask and passes the gathered position ids: SDPA would let packed examples attend to each
+    # other; flash-attention and sdpa_varlen find the documents in the position ids
     with pytest.raises(DistillError, match="packed examples would attend to each other"):
-        distributed.parallelism_config(t.parallel, "sdpa_varlen")
+        distributed.parallelism_config(t.parallel, "sdpa", packed=True)
+    for attn in ("sdpa_varlen", "flash_attention_2"):
+        handler = distributed.parallelism_config(t.parallel, attn, packed=True).sp_handler
+        assert handler.sp_attn_implementation == attn  # the model's own, which DeepSpeed wraps
+    with pytest.raises(ValueError, match="needs per_device_train_batch_size 1 \\(not 4\\)"):
+        TrainConfig(packing=True, per_device_train_batch_size=4, parallel={"sequence_parallel_size": 2})
+    with pytest.raises(ValueError, match="ring attention keeps only the causal mask"):
+        TrainConfig(packing=True, parallel={"context_parallel_size": 2})
     with pytest.raises(DistillError, match="supports flash_attention_2"):
         distributed.parallelism_config(t.parallel, "eager")
     # every batch's length must split evenly over the sequence-parallel group

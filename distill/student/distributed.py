@@ -87,17 +87,21 @@ def gradient_accumulation(t: TrainConfig, world: int | None = None) -> int:
     return t.global_batch_size // per_step
 
 
-SP_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa")
+SP_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "sdpa_varlen")
+# the implementations that find a packed row's documents in the position ids Ulysses all-gathers
+PACKED_SP_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa_varlen")
+BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
-def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "flash_attention_2") -> Any:
+def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "flash_attention_2",
+                       packed: bool = False) -> Any:
     """accelerate's ParallelismConfig for sequence (DeepSpeed Ulysses/ALST) or context (FSDP2 ring) parallelism;
     None when neither is used, so plain DDP/ZeRO/FSDP configs behave exactly as the accelerate YAML says.
 
     ``attn_implementation``: the model's (DeepSpeed refuses a different one). Ulysses drops the attention mask
-    and masks causally by position ids: flash-attention keeps packed examples apart that way, SDPA cannot (it
-    falls back to one causal mask over the whole row), so packing under sequence parallelism needs
-    flash-attention; padded batches are fine with SDPA (the CPU tests run that way)."""
+    and hands the attention the all-gathered position ids: flash-attention and ``sdpa_varlen`` keep packed
+    examples apart from those, plain SDPA cannot (one causal mask over the whole row), so ``packed`` with SDPA is
+    refused; padded batches are fine with any of them."""
     if parallel.sequence_parallel_size == 1 and parallel.context_parallel_size == 1:
         return None
     from accelerate.parallelism_config import ParallelismConfig
@@ -105,24 +109,46 @@ def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "f
 
     launcher = launcher_kind()
     if parallel.sequence_parallel_size > 1:
+        where = "train.parallel.sequence_parallel_size"
         if launcher != "deepspeed":
             raise DistillError(f"sequence_parallel_size {parallel.sequence_parallel_size} is DeepSpeed Ulysses: "
                                "launch with a DeepSpeed config (configs/accelerate/zero2.yaml or zero3.yaml), not "
-                               f"{launcher}", where="train.parallel.sequence_parallel_size")
+                               f"{launcher}", where=where)
         if attn_implementation not in SP_ATTENTION:
-            why = ("packed examples would attend to each other: with packing, sequence parallelism needs "
-                   "flash-attention (the gpu extra on a GPU)") if attn_implementation == "sdpa_varlen" else \
-                f"DeepSpeed Ulysses supports {', '.join(SP_ATTENTION)}"
             raise DistillError(f"sequence_parallel_size {parallel.sequence_parallel_size} with attention "
-                               f"{attn_implementation}: {why}", where="train.parallel.sequence_parallel_size")
-        return ParallelismConfig(sp_size=parallel.sequence_parallel_size, sp_backend="deepspeed",
-                                 sp_handler=DeepSpeedSequenceParallelConfig(
-                                     sp_seq_length_is_variable=True, sp_attn_implementation=attn_implementation))
+                               f"{attn_implementation}: DeepSpeed Ulysses supports {', '.join(SP_ATTENTION)}",
+                               where=where)
+        if packed and attn_implementation not in PACKED_SP_ATTENTION:
+            raise DistillError(f"packing under sequence_parallel_size {parallel.sequence_parallel_size} with attention "
+                               f"{attn_implementation}: packed examples would attend to each other (Ulysses drops "
+                               f"the mask); use {' or '.join(PACKED_SP_ATTENTION)}", where=where)
+        # accelerate checks the name against its own list, which predates registered implementations such as
+        # sdpa_varlen; DeepSpeed looks the name up in transformers' registry itself, so it is set after the check
+        handler = DeepSpeedSequenceParallelConfig(
+            sp_seq_length_is_variable=True,
+            sp_attn_implementation="sdpa" if attn_implementation == "sdpa_varlen" else attn_implementation)
+        handler.sp_attn_implementation = attn_implementation
+        return ParallelismConfig(sp_size=parallel.sequence_parallel_size, sp_backend="deepspeed", sp_handler=handler)
     if launcher != "fsdp":
         raise DistillError(f"context_parallel_size {parallel.context_parallel_size} is FSDP2 ring attention: launch "
                            f"with configs/accelerate/fsdp2.yaml, not {launcher}",
                            where="train.parallel.context_parallel_size")
     return ParallelismConfig(cp_size=parallel.context_parallel_size, cp_backend="torch")
+
+
+def boundaries_left_to_position_ids(collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+    """``collate`` without the packed row's document boundaries, for Ulysses sequence parallelism.
+
+    Why: DeepSpeed's Ulysses data loader shards every tensor of a batch along the sequence and stops with an
+    IndexError on TRL's 1-D ``cu_seq_lens_*``. The attention finds the same boundaries again in the position ids
+    Ulysses all-gathers (flash-attention's varlen path, ``attention.packed_boundaries``)."""
+    def collate_fn(examples: list[dict]) -> dict:
+        batch = collate(examples)
+        for key in BOUNDARY_KEYS:
+            batch.pop(key, None)
+        return batch
+
+    return collate_fn
 
 
 def launcher_kind() -> str:

@@ -102,7 +102,7 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit, save_only_model=False,
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if distributed.world_size() > 1 and not torch.cuda.is_available() else None,
-        parallelism_config=distributed.parallelism_config(t.parallel, s["attn_implementation"]),
+        parallelism_config=distributed.parallelism_config(t.parallel, s["attn_implementation"], s["padding_free"]),
         pad_to_multiple_of=distributed.pad_to_multiple_of(t),
         dataset_num_proc=None, disable_tqdm=True,
     )
@@ -291,6 +291,8 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             trainer = SFTTrainer(model=model, args=training_args(cfg, out_dir, tokenizer, model),
                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                  peft_config=lora_config_for(cfg, tokenizer, model), callbacks=callbacks)
+        if settings["padding_free"] and t.parallel.sequence_parallel_size > 1:
+            trainer.data_collator = distributed.boundaries_left_to_position_ids(trainer.data_collator)
         let_fused_head_read_token_rows(trainer.model)
         quiet_progress(trainer)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
