@@ -120,18 +120,31 @@ def test_zero3_two_processes_train_like_one(tiny_run, tmp_path):
     assert all(init[k].equal(base[k]) for k in base if k in init)
 
 
+def single_process(new_run, recipe: Path, name: str, overrides: list[str]) -> dict:
+    """The one-process reference run of ``recipe`` with ``overrides``: its manifest."""
+    from distill.student.launch import main
+
+    run = new_run(name)
+    assert main([str(recipe), "--out", str(run), *[a for o in overrides for a in ("--set", o)]]) == 0
+    return json.loads((run / "student" / "manifest.json").read_text())
+
+
 def test_ulysses_sequence_parallel_trains_like_one_process(tiny_run, tmp_path):
-    """ZeRO-3 + Ulysses SP 2 (the 14B/32B recipes' layout): 2 processes form one sequence-parallel group, each
-    holding half of every sequence; data parallelism is 1, so accumulation stays 2 for the global batch of 8."""
-    recipe, new_run, single = tiny_run
-    run = new_run("ulysses")
+    """ZeRO-3 + Ulysses SP 2 (the 14B/32B recipes' layout: one trace per micro-batch, many accumulated): 2
+    processes form one sequence-parallel group, each holding half of every sequence; data parallelism is 1, so
+    accumulation stays 8 for the global batch of 8. Every token of a step weighs alike, as without SP (the
+    Trainer's own SP loss weighted each trace alike instead: 2.2e-4 apart by step 4 on these traces)."""
+    recipe, new_run, _ = tiny_run
     # gloo gathers only equal shapes: pad every batch to one length (NCCL on GPUs takes ragged ones)
+    layout = ["student.train.per_device_train_batch_size=1", "student.train.pad_to_multiple_of=512"]
+    reference = single_process(new_run, recipe, "single_trace", layout)
+    run = new_run("ulysses")
     manifest = launch(cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml"), recipe, run,
-                      "student.train.parallel.sequence_parallel_size=2", "student.train.pad_to_multiple_of=512")
+                      "student.train.parallel.sequence_parallel_size=2", *layout)
     settings = manifest["metrics"]["settings"]
     assert settings["sharding"] == "zero-3 + ulysses-sp2" and settings["attn_implementation"] == "sdpa"
-    assert settings["gradient_accumulation_steps"] == 2
-    assert_same_curve(single, manifest, rel=1e-3)
+    assert settings["gradient_accumulation_steps"] == reference["metrics"]["settings"]["gradient_accumulation_steps"] == 8
+    assert_same_curve(reference, manifest, rel=1e-5)
 
 
 def test_ulysses_with_packing_trains_like_one_packed_process(tiny_run, tmp_path):
@@ -139,15 +152,11 @@ def test_ulysses_with_packing_trains_like_one_packed_process(tiny_run, tmp_path)
     ids Ulysses all-gathers (its loader cannot shard TRL's 1-D boundaries, so they are left out of the batch), and
     the curve equals a one-process packed run's. One bin per step keeps the comparison exact (measured: equal to
     1e-7), so traces attending to each other (1e-4 at step 1 when sdpa_varlen ignores the position ids) show."""
-    from distill.student.launch import main
-
     recipe, new_run, _ = tiny_run
     # one packed bin per micro-batch (Ulysses' fixed micro-batch shape), padded to one length (gloo: equal shapes)
     packed = ["student.train.packing=true", "student.train.per_device_train_batch_size=1",
               "student.train.global_batch_size=1", "student.train.pad_to_multiple_of=512"]
-    single = new_run("packed_single")
-    assert main([str(recipe), "--out", str(single), *[a for o in packed for a in ("--set", o)]]) == 0
-    reference = json.loads((single / "student" / "manifest.json").read_text())
+    reference = single_process(new_run, recipe, "packed_single", packed)
     run = new_run("ulysses_packed")
     manifest = launch(cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml"), recipe, run,
                       "student.train.parallel.sequence_parallel_size=2", *packed)

@@ -151,6 +151,50 @@ def boundaries_left_to_position_ids(collate: Callable[[list[dict]], dict]) -> Ca
     return collate_fn
 
 
+def token_weighted_under_ulysses(base: type) -> type:
+    """``base`` (TRL's SFTTrainer) weighting every token of an accumulated step alike under Ulysses SP.
+
+    Why: under DeepSpeed sequence parallelism the Trainer takes each micro-batch's loss as the mean over its own
+    tokens and divides by the accumulation steps (it counts no ``num_items_in_batch`` there), so in one step a
+    1k-token trace's tokens weigh 32 times those of a 32k-token one. Without SP every token of the step weighs
+    the same. The 14B/32B recipes accumulate 24 micro-batches of one trace each, 1k-32k tokens long, so they would
+    train towards short traces. Each micro-batch's loss is rescaled here by its share of the step's tokens
+    (n_i x data-parallel groups x accumulation / the step's tokens over all ranks), which is the non-SP weighting;
+    tests/test_student_sharded.py compares the curves with one process."""
+
+    class TokenWeightedTrainer(base):
+        step_tokens: int | None = None
+
+        def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
+            import torch
+
+            counted = super()._get_num_items_in_batch(batch_samples, device)
+            self.step_tokens = None
+            if counted is None and batch_samples and "shift_labels" in batch_samples[0]:
+                local = sum((b["shift_labels"] != -100).sum() for b in batch_samples)
+                self.step_tokens = int(self.accelerator.reduce(torch.as_tensor(local, device=device), "sum"))
+            return counted
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch
+            from deepspeed.utils import groups
+
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            if not (self.model.training and self.step_tokens and "shift_labels" in inputs):
+                return result
+            tokens = (inputs["shift_labels"] != -100).sum()
+            torch.distributed.all_reduce(tokens, group=groups._get_sequence_parallel_group())
+            groups_dp = self.accelerator.num_processes // self.accelerator.parallelism_config.sp_size
+            scale = tokens.float() * groups_dp * self.current_gradient_accumulation_steps / self.step_tokens
+            if return_outputs:
+                loss, outputs = result
+                return loss * scale, outputs
+            return result * scale
+
+    return TokenWeightedTrainer
+
+
 def launcher_kind() -> str:
     """What ``accelerate launch`` set this process up for, from the variables it exports: ``deepspeed``,
     ``fsdp``, or ``a plain launch`` (DDP, torchrun, one process)."""
