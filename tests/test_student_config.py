@@ -59,8 +59,14 @@ def test_recipes_cover_the_six_bases_and_are_consistent(monkeypatch):
             # on the GPU the recipe is meant for: Ulysses over its flash-attention, batches split evenly
             attn = t.attn_implementation if t.attn_implementation != "auto" else "flash_attention_2"
             monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what accelerate launch sets for zero3.yaml
-            assert distributed.parallelism_config(p, attn).sp_size == p.sequence_parallel_size
+            monkeypatch.setenv("WORLD_SIZE", str(gpus))
+            pc = distributed.parallelism_config(p, attn)
+            assert pc.sp_size == p.sequence_parallel_size
+            # accelerate sizes DeepSpeed's train_batch_size as micro x accumulation x pc.data_parallel_size, and
+            # DeepSpeed refuses to start unless that is the recipe's global batch
+            assert pc.data_parallel_size * ga * t.per_device_train_batch_size == t.global_batch_size, path.name
             monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+            monkeypatch.delenv("WORLD_SIZE")
             assert distributed.pad_to_multiple_of(t) % p.sequence_parallel_size == 0
     assert seen == BASES
     seven = load_entry("student", "r1-distill-qwen-7b").train
@@ -186,8 +192,10 @@ def test_global_batch_and_parallelism(monkeypatch):
     with pytest.raises(DistillError, match="launch with configs/accelerate/fsdp2.yaml, not deepspeed"):
         monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
         distributed.parallelism_config(TrainConfig(parallel={"context_parallel_size": 4}).parallel)
+    monkeypatch.setenv("WORLD_SIZE", "16")
     sp = distributed.parallelism_config(t.parallel)
     assert sp.sp_size == 2 and sp.sp_backend == "deepspeed" and sp.sp_handler.sp_seq_length_is_variable
+    assert sp.data_parallel_size == 8  # the replicas beside the SP groups: DeepSpeed's train_batch_size needs them
     assert sp.sp_handler.sp_attn_implementation == "flash_attention_2"  # the model's: DeepSpeed refuses another
     assert distributed.parallelism_config(t.parallel, "sdpa").sp_handler.sp_attn_implementation == "sdpa"
     # Ulysses drops the mask and passes the gathered position ids: SDPA would let packed examples attend to each

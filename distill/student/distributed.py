@@ -128,7 +128,10 @@ def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "f
             sp_seq_length_is_variable=True,
             sp_attn_implementation="sdpa" if attn_implementation == "sdpa_varlen" else attn_implementation)
         handler.sp_attn_implementation = attn_implementation
-        return ParallelismConfig(sp_size=parallel.sequence_parallel_size, sp_backend="deepspeed", sp_handler=handler)
+        # the data-parallel replicas beside the SP groups (ZeRO shards across them): accelerate sizes DeepSpeed's
+        # train_batch_size from this, and DeepSpeed refuses to start when it leaves them out (2+ SP groups)
+        return ParallelismConfig(sp_size=parallel.sequence_parallel_size, sp_backend="deepspeed", sp_handler=handler,
+                                 dp_replicate_size=data_parallel_size(parallel))
     if launcher != "fsdp":
         raise DistillError(f"context_parallel_size {parallel.context_parallel_size} is FSDP2 ring attention: launch "
                            f"with configs/accelerate/fsdp2.yaml, not {launcher}",
