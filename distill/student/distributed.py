@@ -188,8 +188,8 @@ def token_weighted_under_ulysses(base: type) -> type:
                 return result
             tokens = (inputs["shift_labels"] != -100).sum()
             torch.distributed.all_reduce(tokens, group=groups._get_sequence_parallel_group())
-            groups_dp = self.accelerator.num_processes // self.accelerator.parallelism_config.sp_size
-            scale = tokens.float() * groups_dp * self.current_gradient_accumulation_steps / self.step_tokens
+            replicas = self.accelerator.parallelism_config.data_parallel_size
+            scale = tokens.float() * replicas * self.current_gradient_accumulation_steps / self.step_tokens
             if return_outputs:
                 loss, outputs = result
                 return loss * scale, outputs
