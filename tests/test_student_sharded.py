@@ -129,6 +129,21 @@ def single_process(new_run, recipe: Path, name: str, overrides: list[str]) -> di
     return json.loads((run / "student" / "manifest.json").read_text())
 
 
+def test_zero3_packed_trains_like_one_packed_process(tiny_run, tmp_path):
+    """Padding-free packed bins under ZeRO-3 on 2 processes (the 1.5B/7B recipes' layout on a node): the step's
+    tokens are counted over both processes, so the curve equals one process accumulating twice as many bins."""
+    recipe, new_run, _ = tiny_run
+    packed = ["student.train.packing=true", "student.train.per_device_train_batch_size=1",
+              "student.train.global_batch_size=4"]
+    reference = single_process(new_run, recipe, "packed_reference", packed)
+    manifest = launch(cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml"), recipe,
+                      new_run("zero3_packed"), *packed)
+    assert manifest["metrics"]["settings"]["padding_free"] and manifest["metrics"]["settings"]["sharding"] == "zero-3"
+    assert (reference["metrics"]["settings"]["gradient_accumulation_steps"],
+            manifest["metrics"]["settings"]["gradient_accumulation_steps"]) == (4, 2)
+    assert_same_curve(reference, manifest, rel=1e-5)
+
+
 def test_ulysses_sequence_parallel_trains_like_one_process(tiny_run, tmp_path):
     """ZeRO-3 + Ulysses SP 2 (the 14B/32B recipes' layout: one trace per micro-batch, many accumulated): 2
     processes form one sequence-parallel group, each holding half of every sequence; data parallelism is 1, so
