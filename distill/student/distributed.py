@@ -154,19 +154,33 @@ def boundaries_left_to_position_ids(collate: Callable[[list[dict]], dict]) -> Ca
     return collate_fn
 
 
-def token_weighted_under_ulysses(base: type) -> type:
-    """``base`` (TRL's SFTTrainer) weighting every token of an accumulated step alike under Ulysses SP.
+def scaled_loss(result: Any, scale: Any, return_outputs: bool) -> Any:
+    """A ``compute_loss`` result (the loss, or ``(loss, outputs)``) with its loss multiplied by ``scale``."""
+    if return_outputs:
+        loss, outputs = result
+        return loss * scale, outputs
+    return result * scale
 
-    Why: under DeepSpeed sequence parallelism the Trainer takes each micro-batch's loss as the mean over its own
-    tokens and divides by the accumulation steps (it counts no ``num_items_in_batch`` there), so in one step a
-    1k-token trace's tokens weigh 32 times those of a 32k-token one. Without SP every token of the step weighs
-    the same. The 14B/32B recipes accumulate 24 micro-batches of one trace each, 1k-32k tokens long, so they would
-    train towards short traces. Each micro-batch's loss is rescaled here by its share of the step's tokens
-    (n_i x data-parallel groups x accumulation / the step's tokens over all ranks), which is the non-SP weighting;
-    tests/test_student_sharded.py compares the curves with one process."""
 
-    class TokenWeightedTrainer(base):
+def ulysses_sft_trainer(base: type) -> type:
+    """``base`` (TRL's SFTTrainer) made right for DeepSpeed Ulysses sequence parallelism, in two ways.
+
+    Packed batches: the collator leaves out the document boundaries (:func:`boundaries_left_to_position_ids`).
+
+    Token weighting: under SP the Trainer takes each micro-batch's loss as the mean over its own tokens and
+    divides by the accumulation steps (it counts no ``num_items_in_batch`` there), so in one step a 1k-token
+    trace's tokens weigh 32 times those of a 32k-token one. Without SP every token of the step weighs the same.
+    The 14B/32B recipes accumulate 24 micro-batches of one trace each, 1k-32k tokens long, so they would train
+    towards short traces. Each micro-batch's loss is rescaled here by its share of the step's tokens
+    (n_i x data-parallel replicas x accumulation / the step's tokens over all ranks), which is the non-SP
+    weighting; tests/test_student_sharded.py compares the curves with one process."""
+
+    class UlyssesSFTTrainer(base):
         step_tokens: int | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.data_collator = boundaries_left_to_position_ids(self.data_collator)  # no-op for padded batches
 
         def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
             import torch
@@ -190,12 +204,9 @@ def token_weighted_under_ulysses(base: type) -> type:
             torch.distributed.all_reduce(tokens, group=groups._get_sequence_parallel_group())
             replicas = self.accelerator.parallelism_config.data_parallel_size
             scale = tokens.float() * replicas * self.current_gradient_accumulation_steps / self.step_tokens
-            if return_outputs:
-                loss, outputs = result
-                return loss * scale, outputs
-            return result * scale
+            return scaled_loss(result, scale, return_outputs)
 
-    return TokenWeightedTrainer
+    return UlyssesSFTTrainer
 
 
 def launcher_kind() -> str:

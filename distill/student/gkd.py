@@ -21,6 +21,7 @@ import torch
 from ..chat_template import assistant_content, render_training_pair, user_message
 from ..config import StudentConfig
 from ..errors import DistillError
+from .distributed import scaled_loss
 from .efficiency import resolve_bf16
 
 
@@ -115,11 +116,6 @@ def data_parallel_gkd(base: type) -> type:
             if not (self.args.average_tokens_across_devices and num_items_in_batch is not None):
                 return result
             scale = self.accelerator.num_processes // self.get_tp_size()
-            if scale == 1:
-                return result
-            if return_outputs:
-                loss, outputs = result
-                return loss * scale, outputs
-            return result * scale
+            return result if scale == 1 else scaled_loss(result, scale, return_outputs)
 
     return DataParallelGKDTrainer

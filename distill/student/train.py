@@ -289,12 +289,10 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             from trl import SFTTrainer
 
             trainer_cls = SFTTrainer if t.parallel.sequence_parallel_size == 1 else \
-                distributed.token_weighted_under_ulysses(SFTTrainer)
+                distributed.ulysses_sft_trainer(SFTTrainer)
             trainer = trainer_cls(model=model, args=training_args(cfg, out_dir, tokenizer, model),
                                   train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                   peft_config=lora_config_for(cfg, tokenizer, model), callbacks=callbacks)
-        if settings["padding_free"] and t.parallel.sequence_parallel_size > 1:
-            trainer.data_collator = distributed.boundaries_left_to_position_ids(trainer.data_collator)
         let_fused_head_read_token_rows(trainer.model)
         quiet_progress(trainer)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
