@@ -169,3 +169,35 @@ def test_a_checkpoint_cut_off_mid_write_is_skipped_on_resume(tmp_path):
     assert [s for s, _ in second["loss_curve"]] == [1, 2, 3, 4, 5, 6]
     assert json.loads((torn / "trainer_state.json").read_text())["global_step"] == 6  # rewritten, complete
     assert last_checkpoint(out) == str(torn)
+
+
+def _gather_backward_worker(rank: int, port: int, out: str) -> None:
+    """One of 4 gloo processes in two groups {0, 1} and {2, 3}: each gathers its group's values with torch's
+    differentiable all_gather (as transformers' Ulysses loss does) and backpropagates a weighted sum."""
+    import torch
+    import torch.distributed as dist
+
+    from distill.student.distributed import repair_gloo_all_to_all
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=4)
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    repair_gloo_all_to_all()
+    x = torch.tensor([float(rank + 1)], requires_grad=True)
+    gathered = torch.distributed.nn.functional.all_gather(x * 3, group=groups[rank // 2])
+    sum((i + 1) * g for i, g in enumerate(gathered)).sum().backward()
+    Path(out, f"{rank}.json").write_text(json.dumps({"value": [g.item() for g in gathered], "grad": x.grad.item()}))
+    dist.destroy_process_group()
+
+
+def test_differentiable_gather_backward_runs_over_gloo_subgroups(tmp_path):
+    """torch's gloo all-to-all (the gather's backward) passed group ranks where global ones go, so a group
+    without global rank 0 failed; distributed.repair_gloo_all_to_all lets SP x DP run on CPUs. Both groups must
+    gather their own values and get the gradient a reduce-scatter gives: 2 ranks x 3 x (group position + 1)."""
+    import torch.multiprocessing as mp
+
+    from tests.conftest import free_port
+
+    mp.spawn(_gather_backward_worker, args=(free_port(), str(tmp_path)), nprocs=4, join=True)
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(4)]
+    assert [r["value"] for r in results] == [[3.0, 6.0], [3.0, 6.0], [9.0, 12.0], [9.0, 12.0]]
+    assert [r["grad"] for r in results] == [6.0, 12.0, 6.0, 12.0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from distill.config import StudentConfig
 from distill.records import ShardedJsonlStore

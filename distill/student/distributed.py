@@ -209,6 +209,39 @@ def ulysses_sft_trainer(base: type) -> type:
     return UlyssesSFTTrainer
 
 
+def repair_gloo_all_to_all() -> None:
+    """Make torch's differentiable all-to-all work over gloo on a process subgroup. Called where a launch joins a
+    gloo group (CPU runs); NCCL and every other backend keep torch's own code.
+
+    Why: transformers' Ulysses loss gathers each SP rank's loss with ``torch.distributed.nn.functional.all_gather``,
+    whose backward on gloo is an all-to-all emulated by one ``scatter`` per group member. torch (2.13) passes the
+    member's group rank as ``src``, which ``scatter`` reads as a global rank, so every SP group without global
+    rank 0 failed its first backward ("Global rank 0 is not part of group"): SP x data parallelism (2+ SP
+    groups) could not train on CPUs, and its token weighting could not be tested. Here the rank goes in as
+    ``group_src``, the argument torch has for it."""
+    import torch.distributed as dist
+    from torch.distributed.nn import functional as collectives
+
+    all_to_all = collectives._AlltoAll
+    if getattr(all_to_all, "repaired_for_gloo", False):
+        return
+    torch_forward = all_to_all.forward
+
+    def forward(ctx: Any, group: Any, out_tensor_list: list, *tensors: Any) -> tuple:
+        if dist.get_backend(group=group) != dist.Backend.GLOO:
+            return torch_forward(ctx, group, out_tensor_list, *tensors)
+        ctx.group = group
+        ctx.input_tensor_size_list = [t.size() for t in tensors]  # what torch's backward reads
+        inputs = [t.contiguous() for t in tensors]
+        me = dist.get_rank(group=group)
+        for source, out in enumerate(out_tensor_list):
+            dist.scatter(out, inputs if source == me else None, group=group, group_src=source)
+        return tuple(out_tensor_list)
+
+    all_to_all.forward = staticmethod(forward)
+    all_to_all.repaired_for_gloo = True
+
+
 def launcher_kind() -> str:
     """What ``accelerate launch`` set this process up for, from the variables it exports: ``deepspeed``,
     ``fsdp``, or ``a plain launch`` (DDP, torchrun, one process)."""

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..manifest import Stage
     from ..pipeline import need, teacher_model_path
     from ..progress import quiet_library_loggers
+    from .distributed import repair_gloo_all_to_all
     from .efficiency import resolve_bf16
     from .model import build_student, save_untrained
     from .train import train_student
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_loggers()
     state = PartialState(**process_group_kwargs())  # joins the launcher's process group (no-op for one process)
     processes = state.num_processes  # as seen before training: who claims the folder and writes the baseline
+    if state.backend == "gloo":
+        repair_gloo_all_to_all()  # CPU runs of sequence parallelism over 2+ SP groups
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run, s = args.out, recipe.student
