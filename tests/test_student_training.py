@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-
 from distill.config import StudentConfig
 from distill.records import ShardedJsonlStore
 from distill.student.model import build_student
