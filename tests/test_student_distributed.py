@@ -177,7 +177,7 @@ def _gather_backward_worker(rank: int, port: int, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from distill.student.distributed import repair_gloo_all_to_all
+    from distill.student.ulysses import repair_gloo_all_to_all
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=4)
     groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
@@ -191,7 +191,7 @@ def _gather_backward_worker(rank: int, port: int, out: str) -> None:
 
 def test_differentiable_gather_backward_runs_over_gloo_subgroups(tmp_path):
     """torch's gloo all-to-all (the gather's backward) passed group ranks where global ones go, so a group
-    without global rank 0 failed; distributed.repair_gloo_all_to_all lets SP x DP run on CPUs. Both groups must
+    without global rank 0 failed; ulysses.repair_gloo_all_to_all lets SP x DP run on CPUs. Both groups must
     gather their own values and get the gradient a reduce-scatter gives: 2 ranks x 3 x (group position + 1)."""
     import torch.multiprocessing as mp
 

@@ -88,10 +88,10 @@ def launch(config: Path, recipe: Path, run: Path, *overrides: str, log: list[str
     return json.loads((run / "student" / "manifest.json").read_text())
 
 
-def assert_same_curve(reference: dict, sharded: dict, rel: float) -> None:
+def assert_same_curve(reference: dict, sharded: dict, rel: float, steps: int = STEPS) -> None:
     one = [loss for _, loss in reference["metrics"]["loss_curve"]]
     two = [loss for _, loss in sharded["metrics"]["loss_curve"]]
-    assert len(one) == len(two) == STEPS and one[-1] < one[0]
+    assert len(one) == len(two) == steps and one[-1] < one[0]
     for a, b in zip(one, two):
         assert abs(a - b) <= rel * abs(a), (one, two)
     # the same real tokens went through both: nothing dropped or seen twice by the sharded loaders
@@ -202,21 +202,16 @@ def complete_checkpoints(run: Path) -> list[int]:
                   for p in (run / "student" / "checkpoints").glob("checkpoint-*/trainer_state.json"))
 
 
-def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path):
-    """Preemption under ZeRO-3: the whole launch (launcher and both ranks) is SIGKILLed once a checkpoint is on
-    disk; the same command again loads the partitioned DeepSpeed checkpoint and trains only the remaining
-    steps. The resumed curve starts where the one-process reference does (same data order, constant rate)."""
+def kill_at_first_checkpoint(command: tuple[list[str], dict], run: Path) -> list[int]:
+    """Start the launch ``command`` and SIGKILL all of it (launcher and ranks) as soon as a complete checkpoint
+    is on disk, as a preemption does; the checkpoints it left."""
     import contextlib
     import signal
     import time
 
     import psutil
 
-    recipe, new_run, single = tiny_run
-    run = new_run("preempted")
-    config = cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml")
-    settings = ("student.train.max_steps=40", "student.train.save_steps=4")
-    cmd, env = launch_command(config, recipe, run, *settings)
+    cmd, env = command
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 240
@@ -231,6 +226,18 @@ def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run
     psutil.wait_procs(tree, timeout=30)
     saved = complete_checkpoints(run)
     assert saved and not (run / "student" / "manifest.json").exists(), "the run ended before it was killed"
+    return saved
+
+
+def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path):
+    """Preemption under ZeRO-3: the whole launch (launcher and both ranks) is SIGKILLed once a checkpoint is on
+    disk; the same command again loads the partitioned DeepSpeed checkpoint and trains only the remaining
+    steps. The resumed curve starts where the one-process reference does (same data order, constant rate)."""
+    recipe, new_run, single = tiny_run
+    run = new_run("preempted")
+    config = cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml")
+    settings = ("student.train.max_steps=40", "student.train.save_steps=4")
+    saved = kill_at_first_checkpoint(launch_command(config, recipe, run, *settings), run)
 
     log: list[str] = []
     manifest = launch(config, recipe, run, *settings, log=log)
@@ -242,6 +249,32 @@ def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run
     reference = [loss for _, loss in single["metrics"]["loss_curve"]]
     assert all(abs(a - b) <= 1e-4 * a for a, (_, b) in zip(reference, curve))
     assert curve[-1][1] < curve[saved[-1] - 1][1]  # and it kept learning after the resume
+
+
+def test_ulysses_run_killed_mid_epoch_resumes_in_the_same_order(tiny_run, tmp_path):
+    """Preemption under Ulysses SP 2 (the 14B/32B recipes): killed once a checkpoint is on disk, mid-epoch and
+    mid-round (3 micro-batches per step, 2 per Ulysses round), the same command resumes. Before
+    ulysses.resumable_loader the resume stopped with AttributeError ('UlyssesSPDataLoaderAdapter' object has no
+    attribute 'dataset'); after a resume at an epoch boundary the next epoch drew another order (3e-3 off the
+    reference at step 9); and each epoch after the first lost its first step (2 epochs of 11 steps ran 21).
+    The whole 2-epoch curve, from before and after the kill, must equal one process's."""
+    recipe, new_run, _ = tiny_run
+    layout = ["student.train.per_device_train_batch_size=1", "student.train.pad_to_multiple_of=512",
+              "student.train.global_batch_size=3", "student.train.max_steps=-1", "student.train.num_train_epochs=2",
+              "student.train.save_steps=3"]
+    reference = single_process(new_run, recipe, "single_two_epochs", layout)
+    assert reference["metrics"]["steps"] == 22  # 32 traces: 11 steps of 3 (the last of 2) per epoch
+    run = new_run("ulysses_preempted")
+    config = cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml")
+    settings = ("student.train.parallel.sequence_parallel_size=2", *layout)
+    saved = kill_at_first_checkpoint(launch_command(config, recipe, run, *settings), run)
+    assert saved[-1] % 11  # mid-epoch (and mid-round: checkpoint-3 is 9 micro-batches, 4.5 rounds)
+    log: list[str] = []
+    manifest = launch(config, recipe, run, *settings, log=log)
+    assert int(log[0].split("train: step ")[1].split("/")[0]) == saved[-1] + 1
+    assert manifest["metrics"]["settings"]["sharding"] == "zero-3 + ulysses-sp2"
+    assert manifest["metrics"]["steps"] == 22
+    assert_same_curve(reference, manifest, rel=1e-5, steps=22)
 
 
 def test_lora_under_zero2_trains_like_one_process_and_merges(tiny_run, tmp_path):

@@ -90,7 +90,6 @@ def gradient_accumulation(t: TrainConfig, world: int | None = None) -> int:
 SP_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "sdpa_varlen")
 # the implementations that find a packed row's documents in the position ids Ulysses all-gathers
 PACKED_SP_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa_varlen")
-BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "flash_attention_2",
@@ -139,107 +138,12 @@ def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "f
     return ParallelismConfig(cp_size=parallel.context_parallel_size, cp_backend="torch")
 
 
-def boundaries_left_to_position_ids(collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
-    """``collate`` without the packed row's document boundaries, for Ulysses sequence parallelism.
-
-    Why: DeepSpeed's Ulysses data loader shards every tensor of a batch along the sequence and stops with an
-    IndexError on TRL's 1-D ``cu_seq_lens_*``. The attention finds the same boundaries again in the position ids
-    Ulysses all-gathers (flash-attention's varlen path, ``attention.packed_boundaries``)."""
-    def collate_fn(examples: list[dict]) -> dict:
-        batch = collate(examples)
-        for key in BOUNDARY_KEYS:
-            batch.pop(key, None)
-        return batch
-
-    return collate_fn
-
-
 def scaled_loss(result: Any, scale: Any, return_outputs: bool) -> Any:
     """A ``compute_loss`` result (the loss, or ``(loss, outputs)``) with its loss multiplied by ``scale``."""
     if return_outputs:
         loss, outputs = result
         return loss * scale, outputs
     return result * scale
-
-
-def ulysses_sft_trainer(base: type) -> type:
-    """``base`` (TRL's SFTTrainer) made right for DeepSpeed Ulysses sequence parallelism, in two ways.
-
-    Packed batches: the collator leaves out the document boundaries (:func:`boundaries_left_to_position_ids`).
-
-    Token weighting: under SP the Trainer takes each micro-batch's loss as the mean over its own tokens and
-    divides by the accumulation steps (it counts no ``num_items_in_batch`` there), so in one step a 1k-token
-    trace's tokens weigh 32 times those of a 32k-token one. Without SP every token of the step weighs the same.
-    The 14B/32B recipes accumulate 24 micro-batches of one trace each, 1k-32k tokens long, so they would train
-    towards short traces. Each micro-batch's loss is rescaled here by its share of the step's tokens
-    (n_i x data-parallel replicas x accumulation / the step's tokens over all ranks), which is the non-SP
-    weighting; tests/test_student_sharded.py compares the curves with one process."""
-
-    class UlyssesSFTTrainer(base):
-        step_tokens: int | None = None
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.data_collator = boundaries_left_to_position_ids(self.data_collator)  # no-op for padded batches
-
-        def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
-            import torch
-
-            counted = super()._get_num_items_in_batch(batch_samples, device)
-            self.step_tokens = None
-            if counted is None and batch_samples and "shift_labels" in batch_samples[0]:
-                local = sum((b["shift_labels"] != -100).sum() for b in batch_samples)
-                self.step_tokens = int(self.accelerator.reduce(torch.as_tensor(local, device=device), "sum"))
-            return counted
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            import torch
-            from deepspeed.utils import groups
-
-            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                          num_items_in_batch=num_items_in_batch)
-            if not (self.model.training and self.step_tokens and "shift_labels" in inputs):
-                return result
-            tokens = (inputs["shift_labels"] != -100).sum()
-            torch.distributed.all_reduce(tokens, group=groups._get_sequence_parallel_group())
-            replicas = self.accelerator.parallelism_config.data_parallel_size
-            scale = tokens.float() * replicas * self.current_gradient_accumulation_steps / self.step_tokens
-            return scaled_loss(result, scale, return_outputs)
-
-    return UlyssesSFTTrainer
-
-
-def repair_gloo_all_to_all() -> None:
-    """Make torch's differentiable all-to-all work over gloo on a process subgroup. Called where a launch joins a
-    gloo group (CPU runs); NCCL and every other backend keep torch's own code.
-
-    Why: transformers' Ulysses loss gathers each SP rank's loss with ``torch.distributed.nn.functional.all_gather``,
-    whose backward on gloo is an all-to-all emulated by one ``scatter`` per group member. torch (2.13) passes the
-    member's group rank as ``src``, which ``scatter`` reads as a global rank, so every SP group without global
-    rank 0 failed its first backward ("Global rank 0 is not part of group"): SP x data parallelism (2+ SP
-    groups) could not train on CPUs, and its token weighting could not be tested. Here the rank goes in as
-    ``group_src``, the argument torch has for it."""
-    import torch.distributed as dist
-    from torch.distributed.nn import functional as collectives
-
-    all_to_all = collectives._AlltoAll
-    if getattr(all_to_all, "repaired_for_gloo", False):
-        return
-    torch_forward = all_to_all.forward
-
-    def forward(ctx: Any, group: Any, out_tensor_list: list, *tensors: Any) -> tuple:
-        if dist.get_backend(group=group) != dist.Backend.GLOO:
-            return torch_forward(ctx, group, out_tensor_list, *tensors)
-        ctx.group = group
-        ctx.input_tensor_size_list = [t.size() for t in tensors]  # what torch's backward reads
-        inputs = [t.contiguous() for t in tensors]
-        me = dist.get_rank(group=group)
-        for source, out in enumerate(out_tensor_list):
-            dist.scatter(out, inputs if source == me else None, group=group, group_src=source)
-        return tuple(out_tensor_list)
-
-    all_to_all.forward = staticmethod(forward)
-    all_to_all.repaired_for_gloo = True
 
 
 def launcher_kind() -> str:

@@ -288,8 +288,10 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
         else:
             from trl import SFTTrainer
 
+            from .ulysses import ulysses_sft_trainer
+
             trainer_cls = SFTTrainer if t.parallel.sequence_parallel_size == 1 else \
-                distributed.ulysses_sft_trainer(SFTTrainer)
+                ulysses_sft_trainer(SFTTrainer)
             trainer = trainer_cls(model=model, args=training_args(cfg, out_dir, tokenizer, model),
                                   train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                   peft_config=lora_config_for(cfg, tokenizer, model), callbacks=callbacks)
