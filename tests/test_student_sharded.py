@@ -231,47 +231,49 @@ def kill_at_first_checkpoint(command: tuple[list[str], dict], run: Path) -> list
 
 def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path):
     """Preemption under ZeRO-3: the whole launch (launcher and both ranks) is SIGKILLed once a checkpoint is on
-    disk; the same command again loads the partitioned DeepSpeed checkpoint and trains only the remaining
-    steps. The resumed curve starts where the one-process reference does (same data order, constant rate)."""
-    recipe, new_run, single = tiny_run
+    disk, mid-way through the second epoch; the same command again loads the partitioned DeepSpeed checkpoint
+    and trains only the remaining steps, in the order an unbroken run draws (the sampler's epoch and the
+    batches skipped). The whole 2-epoch curve, from before and after the kill, equals one process's."""
+    recipe, new_run, _ = tiny_run
+    layout = ["student.train.per_device_train_batch_size=1", "student.train.global_batch_size=4",
+              "student.train.max_steps=-1", "student.train.num_train_epochs=2", "student.train.save_steps=11"]
+    reference = single_process(new_run, recipe, "single_two_epochs_4", layout)
+    assert reference["metrics"]["steps"] == 16  # 32 traces, 8 steps of 4 per epoch
     run = new_run("preempted")
     config = cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml")
-    settings = ("student.train.max_steps=40", "student.train.save_steps=4")
-    saved = kill_at_first_checkpoint(launch_command(config, recipe, run, *settings), run)
+    saved = kill_at_first_checkpoint(launch_command(config, recipe, run, *layout), run)
+    assert saved == [11]
 
     log: list[str] = []
-    manifest = launch(config, recipe, run, *settings, log=log)
+    manifest = launch(config, recipe, run, *layout, log=log)
     first_step = int(log[0].split("train: step ")[1].split("/")[0])
-    assert first_step == saved[-1] + 1  # resumed: the steps before the checkpoint were not trained again
-    assert manifest["metrics"]["steps"] == 40 and manifest["metrics"]["settings"]["sharding"] == "zero-3"
-    curve = manifest["metrics"]["loss_curve"]
-    assert [s for s, _ in curve] == list(range(1, 41))  # the history before the kill came back with the state
-    reference = [loss for _, loss in single["metrics"]["loss_curve"]]
-    assert all(abs(a - b) <= 1e-4 * a for a, (_, b) in zip(reference, curve))
-    assert curve[-1][1] < curve[saved[-1] - 1][1]  # and it kept learning after the resume
+    assert first_step == 12  # resumed: the steps before the checkpoint were not trained again
+    assert manifest["metrics"]["steps"] == 16 and manifest["metrics"]["settings"]["sharding"] == "zero-3"
+    assert [s for s, _ in manifest["metrics"]["loss_curve"]] == list(range(1, 17))  # the history came back too
+    assert_same_curve(reference, manifest, rel=1e-5, steps=16)
 
 
 def test_ulysses_run_killed_mid_epoch_resumes_in_the_same_order(tiny_run, tmp_path):
-    """Preemption under Ulysses SP 2 (the 14B/32B recipes): killed once a checkpoint is on disk, mid-epoch and
-    mid-round (3 micro-batches per step, 2 per Ulysses round), the same command resumes. Before
+    """Preemption under Ulysses SP 2 (the 14B/32B recipes): killed once checkpoint-12 is on disk (one step into
+    the second epoch: 3 micro-batches, mid-way through a Ulysses round of 2), the same command resumes. Before
     ulysses.resumable_loader the resume stopped with AttributeError ('UlyssesSPDataLoaderAdapter' object has no
-    attribute 'dataset'); after a resume at an epoch boundary the next epoch drew another order (3e-3 off the
+    attribute 'dataset'); a resume at an epoch boundary drew another order for the next epoch (3e-3 off the
     reference at step 9); and each epoch after the first lost its first step (2 epochs of 11 steps ran 21).
     The whole 2-epoch curve, from before and after the kill, must equal one process's."""
     recipe, new_run, _ = tiny_run
     layout = ["student.train.per_device_train_batch_size=1", "student.train.pad_to_multiple_of=512",
               "student.train.global_batch_size=3", "student.train.max_steps=-1", "student.train.num_train_epochs=2",
-              "student.train.save_steps=3"]
+              "student.train.save_steps=12"]
     reference = single_process(new_run, recipe, "single_two_epochs", layout)
     assert reference["metrics"]["steps"] == 22  # 32 traces: 11 steps of 3 (the last of 2) per epoch
     run = new_run("ulysses_preempted")
     config = cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml")
     settings = ("student.train.parallel.sequence_parallel_size=2", *layout)
     saved = kill_at_first_checkpoint(launch_command(config, recipe, run, *settings), run)
-    assert saved[-1] % 11  # mid-epoch (and mid-round: checkpoint-3 is 9 micro-batches, 4.5 rounds)
+    assert saved == [12]
     log: list[str] = []
     manifest = launch(config, recipe, run, *settings, log=log)
-    assert int(log[0].split("train: step ")[1].split("/")[0]) == saved[-1] + 1
+    assert int(log[0].split("train: step ")[1].split("/")[0]) == 13
     assert manifest["metrics"]["settings"]["sharding"] == "zero-3 + ulysses-sp2"
     assert manifest["metrics"]["steps"] == 22
     assert_same_curve(reference, manifest, rel=1e-5, steps=22)
