@@ -257,8 +257,8 @@ def test_ulysses_run_killed_mid_epoch_resumes_in_the_same_order(tiny_run, tmp_pa
     """Preemption under Ulysses SP 2 (the 14B/32B recipes): killed once checkpoint-12 is on disk (one step into
     the second epoch: 3 micro-batches, mid-way through a Ulysses round of 2), the same command resumes. Before
     ulysses.resumable_loader the resume stopped with AttributeError ('UlyssesSPDataLoaderAdapter' object has no
-    attribute 'dataset'); a resume at an epoch boundary drew another order for the next epoch (3e-3 off the
-    reference at step 9); and each epoch after the first lost its first step (2 epochs of 11 steps ran 21).
+    attribute 'dataset'); one resumed at an epoch boundary drew another order (9e-4 off the reference at the
+    first step after it); and an unbroken run lost the first step of each later epoch (3 epochs of 4 ran 10).
     The whole 2-epoch curve, from before and after the kill, must equal one process's."""
     recipe, new_run, _ = tiny_run
     layout = ["student.train.per_device_train_batch_size=1", "student.train.pad_to_multiple_of=512",
