@@ -316,6 +316,12 @@ class TrainConfig(Strict):
         if self.packing and self.parallel.context_parallel_size > 1:
             raise ValueError("packing with parallel.context_parallel_size > 1: ring attention keeps only the causal "
                              "mask, so packed examples would attend to each other (use sequence_parallel_size)")
+        if self.distill_method == "gkd" and (sp > 1 or self.parallel.context_parallel_size > 1):
+            # measured: Ulysses' loader stops on GKD's batches after the models load, with a ValueError per rank
+            raise ValueError("distill_method gkd with parallel.sequence_parallel_size or context_parallel_size > 1: "
+                             "TRL's GKD trainer samples from and scores whole sequences, which sequence/context "
+                             "parallelism splits across GPUs; train GKD with ZeRO-3 alone (it shards the teacher "
+                             "too) and a max_length one GPU holds")
         return self
 
 

@@ -43,6 +43,15 @@ def test_cli_bad_recipe_exits_2_without_traceback(tmp_path):
     assert not (tmp_path / "out" / "report.json").exists()
 
 
+def test_cli_gkd_under_sequence_parallelism_is_refused_before_loading(tmp_path):
+    """A layout the trainers cannot run is one error naming the key when the recipe loads, not a wall of
+    per-rank tracebacks after the teacher and student have loaded on every GPU."""
+    proc = run_cli("student", "train", "tiny", "--out", str(tmp_path / "out"), "--set",
+                   "student.train.distill_method=gkd", "--set", "student.train.parallel.sequence_parallel_size=2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    assert "key 'train'" in proc.stderr and "GKD trainer samples from and scores whole sequences" in proc.stderr
+
+
 def test_cli_invalid_yaml_names_line(tmp_path):
     f = write(tmp_path / "broken.yaml", "name: x\ndata: [unclosed\n")
     proc = run_cli("run", f, "--out", str(tmp_path / "out"))

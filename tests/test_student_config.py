@@ -209,6 +209,9 @@ def test_global_batch_and_parallelism(monkeypatch):
         TrainConfig(packing=True, per_device_train_batch_size=4, parallel={"sequence_parallel_size": 2})
     with pytest.raises(ValueError, match="ring attention keeps only the causal mask"):
         TrainConfig(packing=True, parallel={"context_parallel_size": 2})
+    for parallel in ({"sequence_parallel_size": 2}, {"context_parallel_size": 2}):
+        with pytest.raises(ValueError, match="GKD trainer samples from and scores whole sequences"):
+            TrainConfig(distill_method="gkd", parallel=parallel)
     with pytest.raises(DistillError, match="supports flash_attention_2"):
         distributed.parallelism_config(t.parallel, "eager")
     # every batch's length must split evenly over the sequence-parallel group
