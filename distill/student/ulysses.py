@@ -2,8 +2,8 @@
 
 Why: the 14B/32B recipes split each 32k trace over 2 GPUs with Ulysses, through what accelerate, transformers and
 DeepSpeed provide (``distributed.parallelism_config`` turns it on). Used as shipped (transformers 5.24, accelerate
-1.15, DeepSpeed 0.19), that path had four faults no error reports, each found by a CPU test that compares with
-one process (tests/test_student_sharded.py):
+1.15, DeepSpeed 0.19), that path had four faults, each found by a CPU test that compares the run with one
+process (tests/test_student_sharded.py):
 - packed batches stopped at the first step (the loader cannot shard TRL's 1-D document boundaries);
 - every trace of a step weighed the same, whatever its length;
 - a run resumed mid-epoch stopped at once (the Trainer's batch skipping does not know the Ulysses loader), and
