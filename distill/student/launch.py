@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..manifest import Stage
     from ..pipeline import need, teacher_model_path
     from ..progress import quiet_library_loggers
-    from .ulysses import repair_gloo_all_to_all
     from .efficiency import resolve_bf16
     from .model import build_student, save_untrained
     from .train import train_student
+    from .ulysses import repair_gloo_all_to_all
 
     quiet_library_loggers()
     state = PartialState(**process_group_kwargs())  # joins the launcher's process group (no-op for one process)
