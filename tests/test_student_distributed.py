@@ -136,6 +136,30 @@ def test_checkpoints_every_save_steps_and_a_rerun_resumes(tmp_path):
     assert (tmp_path / "out" / "checkpoints" / "checkpoint-6").exists()
 
 
+def test_a_checkpoint_resumes_only_where_its_optimizer_state_can_load(tmp_path, monkeypatch):
+    """A one-process (or DDP) checkpoint holds the whole optimizer state: any number of plain processes resumes
+    it. A DeepSpeed launch would find no ZeRO state in it, so it is refused by name before training starts.
+    (The DeepSpeed-written side is tested in test_student_sharded.py with a real ZeRO-3 checkpoint.)"""
+    import pytest
+
+    from distill.errors import DistillError
+    from distill.student.miniature import tiny_student, write_kept
+    from distill.student.model import build_student
+    from distill.student.train import resumable_checkpoint, train_student
+    from tests.tiny_models import build_tiny_teacher
+
+    teacher = str(build_tiny_teacher(tmp_path / "teacher"))
+    cfg = tiny_student(max_steps=2, save_steps=2)
+    model, tok = build_student(cfg, teacher)
+    train_student(model, tok, cfg, write_kept(tmp_path / "kept", 8), tmp_path / "out")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a DDP launch
+    assert resumable_checkpoint(tmp_path / "out").endswith("checkpoint-2")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(DistillError, match="checkpoint-2: written without DeepSpeed .no ZeRO state. and this launch "
+                                           "is 2 processes under DeepSpeed"):
+        resumable_checkpoint(tmp_path / "out")
+
+
 def test_a_checkpoint_cut_off_mid_write_is_skipped_on_resume(tmp_path):
     """A job killed while writing checkpoint-6 leaves that folder without trainer_state.json (the Trainer writes it
     last) and with a torn weights file. The rerun resumes from checkpoint-4, the newest complete one, removes the

@@ -120,12 +120,17 @@ def test_zero3_two_processes_train_like_one(tiny_run, tmp_path):
     assert all(init[k].equal(base[k]) for k in base if k in init)
 
 
-def single_process(new_run, recipe: Path, name: str, overrides: list[str]) -> dict:
-    """The one-process reference run of ``recipe`` with ``overrides``: its manifest."""
+def single_process_exit(run: Path, recipe: Path, overrides: list[str]) -> int:
+    """The exit status of ``python -m distill.student.launch`` in this process (one process, no DeepSpeed)."""
     from distill.student.launch import main
 
+    return main([str(recipe), "--out", str(run), *[a for o in overrides for a in ("--set", o)]])
+
+
+def single_process(new_run, recipe: Path, name: str, overrides: list[str]) -> dict:
+    """The one-process reference run of ``recipe`` with ``overrides``: its manifest."""
     run = new_run(name)
-    assert main([str(recipe), "--out", str(run), *[a for o in overrides for a in ("--set", o)]]) == 0
+    assert single_process_exit(run, recipe, overrides) == 0
     return json.loads((run / "student" / "manifest.json").read_text())
 
 
@@ -229,7 +234,7 @@ def kill_at_first_checkpoint(command: tuple[list[str], dict], run: Path) -> list
     return saved
 
 
-def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path):
+def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run, tmp_path, capsys):
     """Preemption under ZeRO-3: the whole launch (launcher and both ranks) is SIGKILLed once a checkpoint is on
     disk, mid-way through the second epoch; the same command again loads the partitioned DeepSpeed checkpoint
     and trains only the remaining steps, in the order an unbroken run draws (the sampler's epoch and the
@@ -243,6 +248,19 @@ def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run
     config = cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml")
     saved = kill_at_first_checkpoint(launch_command(config, recipe, run, *layout), run)
     assert saved == [11]
+    # resubmitted on another layout: one error naming the checkpoint, before any weights load (before, 4
+    # processes stopped on a bare AssertionError in DeepSpeed's loader, and one process went on silently with
+    # a fresh optimizer)
+    cmd, env = launch_command(cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3x4.yaml", processes=4),
+                              recipe, run, *layout)
+    other = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=300)
+    assert other.returncode != 0 and "checkpoint-11: written by 2 DeepSpeed processes (one optimizer shard each) " \
+        "and this launch is 4 processes; resume with" in other.stdout
+    assert "Loading weights" not in other.stdout
+    assert single_process_exit(run, recipe, layout) == 2
+    assert "written by 2 DeepSpeed processes (one optimizer shard each) and this launch is 1 process without " \
+        "DeepSpeed" in capsys.readouterr().err
 
     log: list[str] = []
     manifest = launch(config, recipe, run, *layout, log=log)

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..progress import quiet_library_loggers
     from .efficiency import resolve_bf16
     from .model import build_student, save_untrained
-    from .train import train_student
+    from .train import resumable_checkpoint, train_student
     from .ulysses import repair_gloo_all_to_all
 
     quiet_library_loggers()
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if state.is_main_process:
             st.begin(args.force)
         state.wait_for_everyone()
+        resumable_checkpoint(st.folder)  # before any weights load: minutes for a 70B
         guard = zero3_init_guard(st.folder, resolve_bf16(s.train.bf16))
         model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
         del guard

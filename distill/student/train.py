@@ -256,6 +256,34 @@ def last_checkpoint(out_dir: Path) -> str | None:
     return str(steps[newest]) if newest is not None else None
 
 
+def resumable_checkpoint(out_dir: Path) -> str | None:
+    """:func:`last_checkpoint`, refused with one error when this launch cannot resume it as it was written.
+
+    Why: DeepSpeed (ZeRO-2/3) writes the optimizer state as one shard per process. A preempted 32B run resubmitted
+    on another number of nodes stopped with a bare ``AssertionError`` inside DeepSpeed's loader on every rank
+    without a shard; one resumed without DeepSpeed (one process, or a DDP launch) found no ``optimizer.pt`` and
+    went on silently with a fresh optimizer, Adam's moments lost (both measured). A checkpoint written without
+    DeepSpeed holds no ZeRO state for a DeepSpeed launch to load. DDP and FSDP2 checkpoints resume at any world
+    size (whole optimizer state; torch's distributed checkpoint reshards) and pass."""
+    checkpoint = last_checkpoint(out_dir)
+    if checkpoint is None:
+        return None
+    shards = len({p.name for p in Path(checkpoint).glob("global_step*/zero_pp_rank_*_optim_states.pt")})
+    under_deepspeed = distributed.launcher_kind() == "deepspeed"
+    world = distributed.world_size()
+    this_launch = f"this launch is {world} process{'es' if world > 1 else ''}" + \
+        ("" if under_deepspeed else " without DeepSpeed")
+    if shards and (not under_deepspeed or shards != world):
+        raise DistillError(f"written by {shards} DeepSpeed processes (one optimizer shard each) and {this_launch}; "
+                           f"resume with the accelerate config that wrote it on {shards} processes, or start over "
+                           "with --force or a new --out", where=checkpoint)
+    if under_deepspeed and not shards:
+        raise DistillError(f"written without DeepSpeed (no ZeRO state) and {this_launch} under DeepSpeed; resume "
+                           "with the launch that wrote it, or start over with --force or a new --out",
+                           where=checkpoint)
+    return checkpoint
+
+
 def _checkpoint_complete(folder: Path) -> bool:
     try:
         json.loads((folder / "trainer_state.json").read_text())
@@ -299,7 +327,7 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
         quiet_progress(trainer)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         start = time.time()
-        result = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
+        result = trainer.train(resume_from_checkpoint=resumable_checkpoint(out_dir))
         seconds = time.time() - start
     save_trained(trainer, tokenizer, cfg, out_dir / "model", sampling)
     history = [h for h in trainer.state.log_history if "loss" in h]
