@@ -263,25 +263,29 @@ def resumable_checkpoint(out_dir: Path) -> str | None:
     on another number of nodes stopped with a bare ``AssertionError`` inside DeepSpeed's loader on every rank
     without a shard; one resumed without DeepSpeed (one process, or a DDP launch) found no ``optimizer.pt`` and
     went on silently with a fresh optimizer, Adam's moments lost (both measured). A checkpoint written without
-    DeepSpeed holds no ZeRO state for a DeepSpeed launch to load. DDP and FSDP2 checkpoints resume at any world
-    size (whole optimizer state; torch's distributed checkpoint reshards) and pass."""
+    DeepSpeed holds no ZeRO state for a DeepSpeed launch to load. One-process and DDP checkpoints hold the whole
+    optimizer state and resume on any number of plain processes. FSDP2 checkpoints pass unchecked: torch's
+    distributed checkpoint is meant to reshard them (not run here: FSDP needs GPUs)."""
     checkpoint = last_checkpoint(out_dir)
     if checkpoint is None:
         return None
     shards = len({p.name for p in Path(checkpoint).glob("global_step*/zero_pp_rank_*_optim_states.pt")})
     under_deepspeed = distributed.launcher_kind() == "deepspeed"
-    world = distributed.world_size()
-    this_launch = f"this launch is {world} process{'es' if world > 1 else ''}" + \
+    this_launch = f"this launch is {processes(distributed.world_size())}" + \
         ("" if under_deepspeed else " without DeepSpeed")
-    if shards and (not under_deepspeed or shards != world):
-        raise DistillError(f"written by {shards} DeepSpeed processes (one optimizer shard each) and {this_launch}; "
-                           f"resume with the accelerate config that wrote it on {shards} processes, or start over "
-                           "with --force or a new --out", where=checkpoint)
+    if shards and (not under_deepspeed or shards != distributed.world_size()):
+        raise DistillError(f"written by {processes(shards, 'DeepSpeed ')} (one optimizer shard each) and "
+                           f"{this_launch}; resume with the accelerate config that wrote it on {processes(shards)}, "
+                           "or start over with --force or a new --out", where=checkpoint)
     if under_deepspeed and not shards:
         raise DistillError(f"written without DeepSpeed (no ZeRO state) and {this_launch} under DeepSpeed; resume "
                            "with the launch that wrote it, or start over with --force or a new --out",
                            where=checkpoint)
     return checkpoint
+
+
+def processes(n: int, kind: str = "") -> str:
+    return f"{n} {kind}process{'es' if n != 1 else ''}"
 
 
 def _checkpoint_complete(folder: Path) -> bool:
