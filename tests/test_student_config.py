@@ -54,6 +54,16 @@ def test_recipes_cover_the_six_bases_and_are_consistent(monkeypatch):
             assert p.nodes > 1 and kind in ("DEEPSPEED", "FSDP")
         if p.context_parallel_size > 1:
             assert not t.packing and kind == "FSDP"
+            monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets for fsdp2.yaml
+            monkeypatch.setenv("WORLD_SIZE", str(gpus))
+            pc = distributed.parallelism_config(p, t.attn_implementation)
+            # accelerate refuses to start unless the mesh covers every process (the 70B recipe's 32 GPUs stopped
+            # at "total_size (2) does not match num_processes (32)" before dp_shard was given), and FSDP shards
+            # over the data-parallel processes beside each ring
+            assert pc.total_size == gpus and pc.cp_size == p.context_parallel_size, path.name
+            assert pc.dp_shard_size * ga * t.per_device_train_batch_size == t.global_batch_size, path.name
+            monkeypatch.delenv("ACCELERATE_USE_FSDP")
+            monkeypatch.delenv("WORLD_SIZE")
         if p.sequence_parallel_size > 1:
             assert kind == "DEEPSPEED"
             # on the GPU the recipe is meant for: Ulysses over its flash-attention, batches split evenly
@@ -222,8 +232,9 @@ def test_global_batch_and_parallelism(monkeypatch):
         TrainConfig(pad_to_multiple_of=6, parallel={"sequence_parallel_size": 4})
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("WORLD_SIZE", "8")
     cp = distributed.parallelism_config(TrainConfig(parallel={"context_parallel_size": 4}).parallel)
-    assert cp.cp_size == 4 and cp.cp_backend == "torch"
+    assert cp.cp_size == 4 and cp.cp_backend == "torch" and cp.dp_shard_size == 2 and cp.total_size == 8
 
 
 def test_more_gpus_than_present_is_refused_before_loading():

@@ -138,8 +138,9 @@ def test_checkpoints_every_save_steps_and_a_rerun_resumes(tmp_path):
 
 def test_a_checkpoint_resumes_only_where_its_optimizer_state_can_load(tmp_path, monkeypatch):
     """A one-process (or DDP) checkpoint holds the whole optimizer state: any number of plain processes resumes
-    it. A DeepSpeed launch would find no ZeRO state in it, so it is refused by name before training starts.
-    (The DeepSpeed-written side is tested in test_student_sharded.py with a real ZeRO-3 checkpoint.)"""
+    it. A DeepSpeed or FSDP launch would find none of its own state in it, so it is refused by name before
+    training starts. (The DeepSpeed- and FSDP-written sides are tested in test_student_sharded.py with real
+    ZeRO-3 and FSDP2 checkpoints.)"""
     import pytest
 
     from distill.errors import DistillError
@@ -155,8 +156,13 @@ def test_a_checkpoint_resumes_only_where_its_optimizer_state_can_load(tmp_path, 
     monkeypatch.setenv("WORLD_SIZE", "2")  # a DDP launch
     assert resumable_checkpoint(tmp_path / "out").endswith("checkpoint-2")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(DistillError, match="checkpoint-2: written without DeepSpeed .no ZeRO state. and this launch "
-                                           "is 2 processes under DeepSpeed"):
+    with pytest.raises(DistillError, match="checkpoint-2: written without DeepSpeed or FSDP .optimizer.pt. and this "
+                                           "launch is 2 processes under DeepSpeed; resume with the launch that"):
+        resumable_checkpoint(tmp_path / "out")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # before, FileNotFoundError once the weights had loaded
+    with pytest.raises(DistillError, match="checkpoint-2: written without DeepSpeed or FSDP .optimizer.pt. and this "
+                                           "launch is 2 processes under FSDP"):
         resumable_checkpoint(tmp_path / "out")
 
 

@@ -67,17 +67,19 @@ def tiny_run(tmp_path_factory):
     return recipe, new_run, json.loads((single / "student" / "manifest.json").read_text())
 
 
-def launch_command(config: Path, recipe: Path, run: Path, *overrides: str) -> tuple[list[str], dict]:
+def launch_command(config: Path, recipe: Path, run: Path, *overrides: str,
+                   module: str = "distill.student.launch") -> tuple[list[str], dict]:
     env = worker_env()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-           "--main_process_port", str(free_port()), "-m", "distill.student.launch", str(recipe), "--out", str(run)]
+           "--main_process_port", str(free_port()), "-m", module, str(recipe), "--out", str(run)]
     for o in overrides:
         cmd += ["--set", o]
     return cmd, env
 
 
-def launch(config: Path, recipe: Path, run: Path, *overrides: str, log: list[str] | None = None) -> dict:
-    cmd, env = launch_command(config, recipe, run, *overrides)
+def launch(config: Path, recipe: Path, run: Path, *overrides: str, log: list[str] | None = None,
+           module: str = "distill.student.launch") -> dict:
+    cmd, env = launch_command(config, recipe, run, *overrides, module=module)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
@@ -263,11 +265,11 @@ def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run
     other = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            timeout=300)
     assert other.returncode != 0 and "checkpoint-11: written by 2 DeepSpeed processes (one optimizer shard each) " \
-        "and this launch is 4 processes; resume with" in other.stdout
+        "and this launch is 4 processes under DeepSpeed; resume with" in other.stdout
     assert "Loading weights" not in other.stdout
     assert single_process_exit(run, recipe, layout) == 2
     assert "written by 2 DeepSpeed processes (one optimizer shard each) and this launch is 1 process without " \
-        "DeepSpeed" in capsys.readouterr().err
+        "DeepSpeed or FSDP" in capsys.readouterr().err
 
     log: list[str] = []
     manifest = launch(config, recipe, run, *layout, log=log)
@@ -352,3 +354,99 @@ def test_gkd_under_zero3_has_the_loss_of_one_process(tiny_run, tmp_path):
     assert len(one) == len(two) == STEPS and one[-1] < one[0]
     for a, b in zip(one, two):
         assert abs(a - b) <= 1e-3 * a, (one, two)
+
+
+# FSDP2 (the 70B recipe's configs/accelerate/fsdp2.yaml) runs through tests/fsdp_on_cpu.py: accelerate turns FSDP
+# on only for accelerator devices, torch's FSDP2 itself runs over gloo; the shim lifts that one gate.
+FSDP_ON_CPU = "tests.fsdp_on_cpu"
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_fsdp2_trains_like_one_process_from_a_base_lacking_the_r1_tokens(tiny_run, tmp_path, tie):
+    """The 70B recipe's layout: FSDP2 with cpu_ram_efficient_loading and full-state-dict saves, on a base whose
+    vocabulary lacks the R1 markers and has no spare rows (Llama 3's case, so the embeddings grow by 7 rows).
+    Only the main process reads the base; the other builds an empty model of the same grown shape and is sent its
+    shards. Before distributed.receives_weights_from_main every process read the whole checkpoint (transformers 5
+    ignores FSDP_CPU_RAM_EFFICIENT_LOADING); an empty model left on the meta device trained the wrong shards
+    (accelerate maps optimizer parameters by data_ptr, 0 on meta), and one without its tied LM head stopped
+    accelerate's prepare. The curve, the trained model and the untrained baseline must equal one process's."""
+    from safetensors.torch import load_file
+
+    from tests.test_student_base_model import _qwen_like_base
+
+    recipe, new_run, _ = tiny_run
+    base, _ = _qwen_like_base(tmp_path / "base", tie=tie)
+    r1_base = [f"student.base={base}", "student.chat_format=r1"]
+    reference = single_process(new_run, recipe, f"r1_base_single_{tie}", r1_base)
+    run = new_run(f"r1_base_fsdp2_{tie}")
+    manifest = launch(cpu_variant("configs/accelerate/fsdp2.yaml", tmp_path / "fsdp2.yaml"), recipe, run, *r1_base,
+                      module=FSDP_ON_CPU)
+    settings = manifest["metrics"]["settings"]
+    assert settings["sharding"] == "fsdp2" and settings["world_size"] == 2
+    assert settings["added_tokens"] == 7 and settings["resized_embeddings"]
+    assert_same_curve(reference, manifest, rel=1e-5)
+    for folder, tolerance in (("model", 1e-6), ("init", 0.0)):
+        ref = load_file(str(Path(reference["inputs"]["kept"]).parent.parent / "student" / folder /
+                            "model.safetensors"))
+        got = load_file(str(run / "student" / folder / "model.safetensors"))
+        assert sorted(got) == sorted(ref)  # a tied LM head is written once, as one process writes it
+        assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) <= tolerance
+
+
+def test_a_process_receiving_its_weights_never_reads_the_checkpoint(tmp_path, monkeypatch):
+    """Rank 1 of an FSDP launch with cpu_ram_efficient_loading builds the student from the base's config alone:
+    with the weights file gone it still builds, with parameters of the shapes rank 0 has (embeddings grown for the
+    R1 markers, LM head tied), allocated but never written, and RoPE buffers computed as a full load computes them.
+    Without the FSDP setting the same build must read the weights and fails without them."""
+    import torch
+
+    from distill.errors import DistillError
+    from distill.student.miniature import tiny_student
+    from distill.student.model import build_student
+    from tests.test_student_base_model import _qwen_like_base
+
+    base, _ = _qwen_like_base(tmp_path / "base", tie=True)
+    cfg = tiny_student().model_copy(update={"base": str(base), "init_config": None, "chat_format": "r1"})
+    full, _ = build_student(cfg, teacher_model="unused")
+    (base / "model.safetensors").unlink()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(DistillError, match="cannot load base model"):
+        build_student(cfg, teacher_model="unused")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    empty, _ = build_student(cfg, teacher_model="unused")
+    shapes = {k: (v.shape, v.dtype) for k, v in full.state_dict().items()}
+    assert {k: (v.shape, v.dtype) for k, v in empty.state_dict().items()} == shapes
+    assert not any(p.is_meta for p in empty.parameters())
+    assert empty.lm_head.weight is empty.model.embed_tokens.weight
+    assert empty.distill_build_info == full.distill_build_info
+    buffers = dict(full.named_buffers())
+    assert all(torch.equal(v, buffers[k]) for k, v in empty.named_buffers())
+
+
+def test_fsdp2_run_killed_mid_training_resumes_on_any_number_of_fsdp_processes(tiny_run, tmp_path, capsys):
+    """Preemption under FSDP2: killed once checkpoint-11 is on disk (mid second epoch), the run is resubmitted on
+    4 processes, as on more nodes: the full-state-dict checkpoint loads there and the whole 2-epoch curve equals
+    one process's (and the ZeRO-3 kill test's reference). Resumed without FSDP it is refused by name before any
+    weights load; before, the Trainer stopped on a ValueError after loading them."""
+    recipe, new_run, _ = tiny_run
+    layout = ["student.train.per_device_train_batch_size=1", "student.train.global_batch_size=4",
+              "student.train.max_steps=-1", "student.train.num_train_epochs=2", "student.train.save_steps=11"]
+    reference = single_process(new_run, recipe, "single_two_epochs_4", layout)
+    run = new_run("fsdp2_preempted")
+    config = cpu_variant("configs/accelerate/fsdp2.yaml", tmp_path / "fsdp2.yaml")
+    saved = kill_at_first_checkpoint(launch_command(config, recipe, run, *layout, module=FSDP_ON_CPU), run)
+    assert saved == [11]
+    assert single_process_exit(run, recipe, layout) == 2
+    assert "checkpoint-11: written under FSDP (pytorch_model_fsdp.bin, optimizer.bin) and this launch is 1 " \
+        "process without DeepSpeed or FSDP; resume with the launch that wrote it" in capsys.readouterr().err
+
+    log: list[str] = []
+    manifest = launch(cpu_variant("configs/accelerate/fsdp2.yaml", tmp_path / "fsdp2x4.yaml", processes=4), recipe,
+                      run, *layout, log=log, module=FSDP_ON_CPU)
+    assert int(log[0].split("train: step ")[1].split("/")[0]) == 12
+    settings = manifest["metrics"]["settings"]
+    assert settings["sharding"] == "fsdp2" and settings["world_size"] == 4
+    assert settings["gradient_accumulation_steps"] == 1  # 4 x 1 x 1 = 4, as 2 x 1 x 2 before the kill
+    assert_same_curve(reference, manifest, rel=1e-5, steps=16)

@@ -135,7 +135,10 @@ def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "f
         raise DistillError(f"context_parallel_size {parallel.context_parallel_size} is FSDP2 ring attention: launch "
                            f"with configs/accelerate/fsdp2.yaml, not {launcher}",
                            where="train.parallel.context_parallel_size")
-    return ParallelismConfig(cp_size=parallel.context_parallel_size, cp_backend="torch")
+    # FSDP2 shards over the data-parallel processes beside each ring (accelerate's dp_shard): accelerate refuses to
+    # start when the sizes do not multiply to the world (left out, 32 GPUs with cp 2 stopped at 2 != 32)
+    return ParallelismConfig(cp_size=parallel.context_parallel_size, cp_backend="torch",
+                             dp_shard_size=data_parallel_size(parallel))
 
 
 def scaled_loss(result: Any, scale: Any, return_outputs: bool) -> Any:
@@ -154,6 +157,18 @@ def launcher_kind() -> str:
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
         return "fsdp"
     return "a plain launch"
+
+
+def receives_weights_from_main() -> bool:
+    """True in every process but the main one of an FSDP launch with ``fsdp_cpu_ram_efficient_loading`` (the
+    shipped fsdp2.yaml): such a process builds the student on the meta device and is sent its shards by the main
+    process when accelerate prepares the model (``fsdp2_load_full_state_dict``).
+
+    Why here: transformers 5 reads the whole checkpoint in every process whatever FSDP_CPU_RAM_EFFICIENT_LOADING
+    says (huggingface/transformers#43749), and accelerate then throws every copy but the main one away. For the
+    70B recipe that is 8 x 141 GB of host memory per node, more than many GPU nodes have."""
+    return (launcher_kind() == "fsdp" and world_size() > 1 and not is_main_process()
+            and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in ("1", "true"))
 
 
 def pad_to_multiple_of(t: TrainConfig) -> int | None:

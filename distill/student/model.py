@@ -23,7 +23,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Gener
 from ..config import SamplingConfig, StudentConfig
 from ..errors import DistillError
 from ..hub_access import loadable_ref
-from .distributed import check_gpus, launcher_kind
+from .distributed import check_gpus, launcher_kind, receives_weights_from_main
 from .efficiency import resolve_attn_implementation, resolve_bf16, resolve_padding_free
 from .lora import is_peft_model, is_quantized, merge_lora, quantization_config
 from .template import prepare_chat_format
@@ -76,6 +76,36 @@ def weights_dtype(cfg: StudentConfig, launcher: str | None = None) -> torch.dtyp
     return torch.bfloat16 if cfg.lora.enabled or launcher == "deepspeed" else torch.float32
 
 
+def empty_model(config: Any, dtype: torch.dtype, attn: str) -> Any:
+    """The model of ``config`` with its parameters on the meta device (no memory, no values) and its buffers
+    (RoPE frequencies, which nobody sends) computed here: what a process that receives its weights from the main
+    one builds instead of reading the checkpoint (distributed.receives_weights_from_main). ``allocate_unwritten``
+    gives the parameters storage once the embeddings have their final size."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    model.tie_weights()  # from_pretrained ties; from_config on meta leaves lm_head apart (accelerate then fails)
+    return model
+
+
+def allocate_unwritten(model: Any) -> None:
+    """Give every meta parameter of ``model`` host storage that is never written (``torch.empty``), tied weights
+    staying one tensor. Unwritten pages are not resident, so this costs address space, not memory.
+
+    Why not leave them on meta: accelerate's FSDP2 prepare finds each optimizer parameter's shard by ``data_ptr``,
+    which is 0 for every meta tensor, so a meta model's optimizer ended up stepping the wrong shards (measured: the
+    loss left the one-process curve at step 2, 5.52 against 5.83, and saving the optimizer failed with KeyError)."""
+    replaced: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.is_meta:
+                if id(param) not in replaced:
+                    replaced[id(param)] = torch.nn.Parameter(torch.empty_like(param, device="cpu"),
+                                                             requires_grad=param.requires_grad)
+                module._parameters[name] = replaced[id(param)]
+
+
 def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tuple[Any, Any]:
     """Return (model, tokenizer). The tokenizer is the recipe's, else the base's, else the teacher's."""
     where = f"student '{cfg.name}'"
@@ -95,13 +125,17 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 config = apply_config_overrides(AutoConfig.from_pretrained(ref), cfg)
-                model = AutoModelForCausalLM.from_pretrained(
-                    ref, config=config, dtype=dtype, attn_implementation=attn,
-                    quantization_config=quantization_config(cfg.lora, where))
+                quantization = quantization_config(cfg.lora, where)
+                if quantization is None and receives_weights_from_main():
+                    model = empty_model(config, dtype, attn)
+                else:
+                    model = AutoModelForCausalLM.from_pretrained(
+                        ref, config=config, dtype=dtype, attn_implementation=attn, quantization_config=quantization)
         except OSError as exc:
             raise DistillError(f"cannot load base model: {str(exc).splitlines()[0]}"
                                " (offline: only local folders and cached models load)", where=cfg.base) from None
         info = prepare_chat_format(tokenizer, model, cfg.chat_format, where)
+        allocate_unwritten(model)
     elif cfg.init_config:
         if cfg.lora.quantization != "none":
             raise DistillError("QLoRA quantises a pretrained base; a randomly initialised student needs 'base'",
@@ -144,12 +178,12 @@ def publish_dtype(cfg: StudentConfig) -> torch.dtype | None:
     return torch.bfloat16 if resolve_bf16(cfg.train.bf16) else None
 
 
-def cast_copy(model: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """``model``'s state dict cast to ``dtype`` in host memory (no GPU memory next to the optimizer states), the
+def cast_copy(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A model's ``state`` dict cast to ``dtype`` in host memory (no GPU memory next to the optimizer states), the
     model itself untouched (it keeps its float32 master weights; the baseline is saved before training). Tied
     weights (embeddings = LM head) stay one tensor, so save_pretrained still writes them once."""
     state_dict, cast = {}, {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         key = (tensor.data_ptr(), tensor.shape)
         if key not in cast:
             cast[key] = tensor.to(device="cpu", dtype=dtype)
@@ -161,9 +195,9 @@ def save_model(model: Any, tokenizer: Any, out: str | Path, state_dict: dict[str
                dtype: torch.dtype | None = None) -> Path:
     """Save a plain model: a LoRA adapter is merged first (merge_and_unload), so what lands in ``out`` loads with
     AutoModelForCausalLM alone. A 4-bit (QLoRA) model cannot be merged in place: see lora.merge_adapter_folder.
-    ``state_dict``: the weights to write instead of the model's own (a ZeRO-3 model's gathered full weights, see
-    distributed.consolidated_state_dict); the config and generation config still come from ``model``. ``dtype``:
-    the precision to publish in (bf16 after bf16 mixed-precision training on float32 master weights)."""
+    ``state_dict``: the weights to write instead of the model's own (a ZeRO-3 or FSDP model's gathered full
+    weights, see distributed.consolidated_state_dict); the config and generation config still come from ``model``.
+    ``dtype``: the precision to publish in (bf16 after bf16 mixed-precision training on float32 master weights)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if is_peft_model(model):
@@ -173,8 +207,9 @@ def save_model(model: Any, tokenizer: Any, out: str | Path, state_dict: dict[str
         generation_config = model.generation_config
         model = merge_lora(model)
         model.generation_config = generation_config
-    if dtype is not None and state_dict is None and model.dtype != dtype:
-        model.save_pretrained(out, state_dict=cast_copy(model, dtype))
+    if dtype is not None and (state_dict is not None or model.dtype != dtype):
+        model.save_pretrained(out, state_dict=cast_copy(model.state_dict() if state_dict is None else state_dict,
+                                                        dtype))
         kept, model.config.dtype = model.config.dtype, dtype  # save_pretrained wrote the model's own dtype
         try:
             model.config.save_pretrained(out)

@@ -76,7 +76,9 @@ def install_r1_format(tokenizer: Any, model: Any | None = None) -> dict[str, Any
     if model is not None:
         rows = embedding_rows(model)
         if len(tokenizer) > rows:
-            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=True)
+            # on the meta device (a process that will receive its weights) there are no rows to average
+            on_meta = model.get_input_embeddings().weight.is_meta
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=not on_meta)
             info["resized_embeddings"] = True
         elif len(tokenizer) > vocab_before:
             _mean_init_rows(model, vocab_before, len(tokenizer))  # spare rows (Qwen2.5) were never trained

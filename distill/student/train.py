@@ -259,27 +259,33 @@ def last_checkpoint(out_dir: Path) -> str | None:
 def resumable_checkpoint(out_dir: Path) -> str | None:
     """:func:`last_checkpoint`, refused with one error when this launch cannot resume it as it was written.
 
-    Why: DeepSpeed (ZeRO-2/3) writes the optimizer state as one shard per process. A preempted 32B run resubmitted
-    on another number of nodes stopped with a bare ``AssertionError`` inside DeepSpeed's loader on every rank
-    without a shard; one resumed without DeepSpeed (one process, or a DDP launch) found no ``optimizer.pt`` and
-    went on silently with a fresh optimizer, Adam's moments lost (both measured). A checkpoint written without
-    DeepSpeed holds no ZeRO state for a DeepSpeed launch to load. One-process and DDP checkpoints hold the whole
-    optimizer state and resume on any number of plain processes. FSDP2 checkpoints pass unchecked: torch's
-    distributed checkpoint is meant to reshard them (not run here: FSDP needs GPUs)."""
+    Why: each launcher writes the optimizer state its own way and reads back only its own. DeepSpeed (ZeRO-2/3)
+    writes one shard per process: a preempted 32B run resubmitted on another number of nodes stopped with a bare
+    ``AssertionError`` inside DeepSpeed's loader on every rank without a shard, and one resumed without DeepSpeed
+    found no ``optimizer.pt`` and went on silently with a fresh optimizer, Adam's moments lost. FSDP writes
+    ``pytorch_model_fsdp.bin`` and ``optimizer.bin``: resumed without FSDP the Trainer stopped on ``ValueError``
+    ("only supported when using PyTorch FSDP"), and a plain checkpoint resumed under FSDP on FileNotFoundError,
+    both after the weights had loaded (all measured). Within a launcher: one-process and DDP checkpoints hold the
+    whole optimizer state and resume on any number of plain processes; FSDP's full state dict (the shipped
+    fsdp2.yaml) on any number of FSDP processes (tested from 2 to 4)."""
     checkpoint = last_checkpoint(out_dir)
     if checkpoint is None:
         return None
     shards = len({p.name for p in Path(checkpoint).glob("global_step*/zero_pp_rank_*_optim_states.pt")})
-    under_deepspeed = distributed.launcher_kind() == "deepspeed"
-    this_launch = f"this launch is {processes(distributed.world_size())}" + \
-        ("" if under_deepspeed else " without DeepSpeed")
-    if shards and (not under_deepspeed or shards != distributed.world_size()):
+    written = "deepspeed" if shards else "fsdp" if any(Path(checkpoint).glob("pytorch_model_fsdp*")) else "plain"
+    launch = {"deepspeed": "deepspeed", "fsdp": "fsdp"}.get(distributed.launcher_kind(), "plain")
+    world = distributed.world_size()
+    this_launch = f"this launch is {processes(world)} " + {"deepspeed": "under DeepSpeed", "fsdp": "under FSDP",
+                                                            "plain": "without DeepSpeed or FSDP"}[launch]
+    fix = "or start over with --force or a new --out"
+    if written == "deepspeed" and (launch != "deepspeed" or shards != world):
         raise DistillError(f"written by {processes(shards, 'DeepSpeed ')} (one optimizer shard each) and "
                            f"{this_launch}; resume with the accelerate config that wrote it on {processes(shards)}, "
-                           "or start over with --force or a new --out", where=checkpoint)
-    if under_deepspeed and not shards:
-        raise DistillError(f"written without DeepSpeed (no ZeRO state) and {this_launch} under DeepSpeed; resume "
-                           "with the launch that wrote it, or start over with --force or a new --out",
+                           f"{fix}", where=checkpoint)
+    if written != launch and written != "deepspeed":
+        what = {"fsdp": "under FSDP (pytorch_model_fsdp.bin, optimizer.bin)",
+                "plain": "without DeepSpeed or FSDP (optimizer.pt)"}[written]
+        raise DistillError(f"written {what} and {this_launch}; resume with the launch that wrote it, {fix}",
                            where=checkpoint)
     return checkpoint
 
@@ -412,9 +418,20 @@ def save_trained(trainer: Any, tokenizer: Any, cfg: StudentConfig, out: Path, sa
     a QLoRA or sharded LoRA adapter is merged into a bf16 reload of the base afterwards."""
     model = trainer.model
     align_eos(model, tokenizer, sampling)
-    sharded = bool(getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
+    fsdp = bool(getattr(trainer, "is_fsdp_enabled", False))
+    sharded = bool(getattr(trainer, "is_deepspeed_enabled", False)) or fsdp
     peft = is_peft_model(model)
-    if sharded or (peft and (is_quantized(model) or not cfg.lora.merge)):
+    if fsdp and not peft:
+        # FSDP keeps float32 master weights (weights_dtype), which trainer.save_model writes as they are (a 70B in
+        # float32: 282 GB, a config saying float32) and with a tied LM head gathered twice; published as one
+        # process publishes: in the training precision, tied weights once
+        state = trainer.accelerator.get_state_dict(trainer.model)  # collective: the full weights on the main one
+        if distributed.is_main_process():
+            for tied, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+                if tied in state and source in state:
+                    state[tied] = state[source]
+            save_model(model, tokenizer, out, state_dict=state, dtype=publish_dtype(cfg))
+    elif sharded or (peft and (is_quantized(model) or not cfg.lora.merge)):
         target = out.parent / "adapter" if peft else out
         trainer.save_model(str(target))  # collective: gathers the shards on the main process
         if distributed.is_main_process():
