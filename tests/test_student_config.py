@@ -185,6 +185,13 @@ def test_bf16_trained_student_is_published_in_bf16(tmp_path):
     assert model.dtype == torch.float32
     for name, tensor in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name].float(), tensor.to(torch.bfloat16).float()), name
+    # FSDP's gathered weights (copies, the tied head re-pointed at the embeddings by train.save_trained): the
+    # same bf16 files; before, FSDP runs wrote their float32 master weights and the config said float32
+    gathered = {k: v.clone() for k, v in model.state_dict().items()}
+    gathered["lm_head.weight"] = gathered["model.embed_tokens.weight"]
+    save_model(model, tok, tmp_path / "fsdp", state_dict=gathered, dtype=torch.bfloat16)
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "fsdp" / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), name
 
 
 def test_global_batch_and_parallelism(monkeypatch):
