@@ -91,7 +91,9 @@ def test_accelerate_configs_load():
     assert kinds["zero3"].deepspeed_config["zero_stage"] == 3
     assert kinds["zero3"].deepspeed_config["zero3_save_16bit_model"]  # save_trained gathers a plain checkpoint
     assert kinds["fsdp2"].fsdp_config["fsdp_version"] == 2
-    assert kinds["fsdp2"].fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    # per-process checkpoint shards: a full state dict gathers 16 B/parameter on the main process at every save
+    assert kinds["fsdp2"].fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    assert kinds["fsdp2"].fsdp_config["fsdp_cpu_ram_efficient_loading"]  # only the main process reads the base
 
 
 def test_slurm_template_is_valid_bash():

@@ -139,3 +139,14 @@ def test_qlora_refuses_without_cuda(teacher, tmp_path):
     with warnings.catch_warnings(), pytest.raises(DistillError, match="needs a CUDA GPU"):
         warnings.simplefilter("ignore")
         build_student(cfg, teacher)
+
+
+def test_lora_under_fsdp_is_refused_before_loading(tmp_path, monkeypatch):
+    """Under fsdp2.yaml LoRA stopped inside accelerate's prepare, after the weights had loaded (a PEFT-wrapped
+    embedding cannot be re-tied; PEFT's trainable token rows mix plain tensors into DTensor shards: both measured
+    through tests/fsdp_on_cpu.py). It is refused by name first; ZeRO-2 is the tested multi-GPU LoRA layout."""
+    cfg = tiny_student().model_copy(update={"base": str(tmp_path / "not-read"), "init_config": None})
+    cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": True})})
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets for fsdp2.yaml
+    with pytest.raises(DistillError, match="student.lora.enabled: LoRA under FSDP does not train.*zero2.yaml"):
+        build_student(cfg, "unused")

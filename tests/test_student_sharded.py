@@ -427,9 +427,10 @@ def test_a_process_receiving_its_weights_never_reads_the_checkpoint(tmp_path, mo
 
 def test_fsdp2_run_killed_mid_training_resumes_on_any_number_of_fsdp_processes(tiny_run, tmp_path, capsys):
     """Preemption under FSDP2: killed once checkpoint-11 is on disk (mid second epoch), the run is resubmitted on
-    4 processes, as on more nodes: the full-state-dict checkpoint loads there and the whole 2-epoch curve equals
-    one process's (and the ZeRO-3 kill test's reference). Resumed without FSDP it is refused by name before any
-    weights load; before, the Trainer stopped on a ValueError after loading them."""
+    4 processes, as on more nodes: the checkpoint's 2 per-process shards (torch distributed checkpoint) are
+    resharded over 4 and the whole 2-epoch curve equals one process's (and the ZeRO-3 kill test's reference).
+    Resumed without FSDP it is refused by name before any weights load; before, the Trainer stopped on a
+    ValueError after loading them."""
     recipe, new_run, _ = tiny_run
     layout = ["student.train.per_device_train_batch_size=1", "student.train.global_batch_size=4",
               "student.train.max_steps=-1", "student.train.num_train_epochs=2", "student.train.save_steps=11"]
@@ -438,8 +439,11 @@ def test_fsdp2_run_killed_mid_training_resumes_on_any_number_of_fsdp_processes(t
     config = cpu_variant("configs/accelerate/fsdp2.yaml", tmp_path / "fsdp2.yaml")
     saved = kill_at_first_checkpoint(launch_command(config, recipe, run, *layout, module=FSDP_ON_CPU), run)
     assert saved == [11]
+    written = run / "student" / "checkpoints" / "checkpoint-11"
+    assert {p.name for p in written.iterdir()} >= {"pytorch_model_fsdp_0", "optimizer_0"}  # shards, no gather
+    assert not (written / "model.safetensors").exists()
     assert single_process_exit(run, recipe, layout) == 2
-    assert "checkpoint-11: written under FSDP (pytorch_model_fsdp.bin, optimizer.bin) and this launch is 1 " \
+    assert "checkpoint-11: written under FSDP (pytorch_model_fsdp*) and this launch is 1 " \
         "process without DeepSpeed or FSDP; resume with the launch that wrote it" in capsys.readouterr().err
 
     log: list[str] = []

@@ -109,6 +109,12 @@ def allocate_unwritten(model: Any) -> None:
 def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tuple[Any, Any]:
     """Return (model, tokenizer). The tokenizer is the recipe's, else the base's, else the teacher's."""
     where = f"student '{cfg.name}'"
+    if cfg.lora.enabled and launcher_kind() == "fsdp":
+        # measured under FSDP2 (accelerate 1.15, PEFT 0.21): accelerate's prepare cannot re-tie a PEFT-wrapped
+        # embedding (AttributeError), and PEFT's trainable R1-token rows mix plain tensors into DTensor shards
+        raise DistillError("LoRA under FSDP does not train: PEFT's trainable R1-token rows fail on FSDP2's DTensor "
+                           "shards; launch LoRA with configs/accelerate/zero2.yaml (tested) or on one GPU",
+                           where="student.lora.enabled")
     layout_warning = check_gpus(cfg.train.parallel)
     if layout_warning:
         warnings.warn(layout_warning, RuntimeWarning, stacklevel=2)

@@ -263,11 +263,11 @@ def resumable_checkpoint(out_dir: Path) -> str | None:
     writes one shard per process: a preempted 32B run resubmitted on another number of nodes stopped with a bare
     ``AssertionError`` inside DeepSpeed's loader on every rank without a shard, and one resumed without DeepSpeed
     found no ``optimizer.pt`` and went on silently with a fresh optimizer, Adam's moments lost. FSDP writes
-    ``pytorch_model_fsdp.bin`` and ``optimizer.bin``: resumed without FSDP the Trainer stopped on ``ValueError``
-    ("only supported when using PyTorch FSDP"), and a plain checkpoint resumed under FSDP on FileNotFoundError,
-    both after the weights had loaded (all measured). Within a launcher: one-process and DDP checkpoints hold the
-    whole optimizer state and resume on any number of plain processes; FSDP's full state dict (the shipped
-    fsdp2.yaml) on any number of FSDP processes (tested from 2 to 4)."""
+    ``pytorch_model_fsdp*`` and ``optimizer*`` (a file each, or per-process shards in a folder): resumed without
+    FSDP the Trainer stopped on ``ValueError`` ("only supported when using PyTorch FSDP"), and a plain checkpoint
+    resumed under FSDP on FileNotFoundError, both after the weights had loaded (all measured). Within a launcher:
+    one-process and DDP checkpoints hold the whole optimizer state and resume on any number of plain processes;
+    FSDP checkpoints, sharded (the shipped fsdp2.yaml) or full, on any number of FSDP processes (tested 2 -> 4)."""
     checkpoint = last_checkpoint(out_dir)
     if checkpoint is None:
         return None
@@ -283,7 +283,7 @@ def resumable_checkpoint(out_dir: Path) -> str | None:
                            f"{this_launch}; resume with the accelerate config that wrote it on {processes(shards)}, "
                            f"{fix}", where=checkpoint)
     if written != launch and written != "deepspeed":
-        what = {"fsdp": "under FSDP (pytorch_model_fsdp.bin, optimizer.bin)",
+        what = {"fsdp": "under FSDP (pytorch_model_fsdp*)",
                 "plain": "without DeepSpeed or FSDP (optimizer.pt)"}[written]
         raise DistillError(f"written {what} and {this_launch}; resume with the launch that wrote it, {fix}",
                            where=checkpoint)
