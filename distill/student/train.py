@@ -357,8 +357,8 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
 def sharding(trainer: Any) -> str:
     """How the trained weights and sequences were laid out across processes, as the trainer actually ran it:
     ``zero-N`` (DeepSpeed), ``fsdp2`` (the model is an FSDPModule: a DTensor shard of every parameter per
-    process), ``fsdp1``, ``replicated`` (DDP or one process); ``+ ulysses-spN`` when each sequence was split over
-    N processes. Recorded in the metrics so a run says what it did, not what its config asked for."""
+    process), ``fsdp1``, ``replicated`` (DDP or one process); ``+ ulysses-spN`` / ``+ ring-cpN`` when each
+    sequence was split over N processes (DeepSpeed Ulysses / FSDP2 ring attention). Recorded in the metrics so a run says what it did, not what its config asked for."""
     if getattr(trainer, "is_deepspeed_enabled", False):
         layout = f"zero-{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
     elif getattr(trainer, "is_fsdp_enabled", False):
@@ -369,7 +369,8 @@ def sharding(trainer: Any) -> str:
     else:
         layout = "replicated"
     sp = trainer.get_sp_size() if hasattr(trainer, "get_sp_size") else 1
-    return f"{layout} + ulysses-sp{sp}" if sp > 1 else layout
+    cp = trainer.get_cp_size() if hasattr(trainer, "get_cp_size") else 1
+    return layout + (f" + ulysses-sp{sp}" if sp > 1 else "") + (f" + ring-cp{cp}" if cp > 1 else "")
 
 
 class ProgressLine:
