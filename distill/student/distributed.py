@@ -161,12 +161,13 @@ def launcher_kind() -> str:
 
 def receives_weights_from_main() -> bool:
     """True in every process but the main one of an FSDP launch with ``fsdp_cpu_ram_efficient_loading`` (the
-    shipped fsdp2.yaml): such a process builds the student on the meta device and is sent its shards by the main
-    process when accelerate prepares the model (``fsdp2_load_full_state_dict``).
+    shipped fsdp2.yaml): such a process builds an empty student (model.empty_model) and is sent its shards by the
+    main process when accelerate prepares the model (``fsdp2_load_full_state_dict``).
 
     Why here: transformers 5 reads the whole checkpoint in every process whatever FSDP_CPU_RAM_EFFICIENT_LOADING
-    says (huggingface/transformers#43749), and accelerate then throws every copy but the main one away. For the
-    70B recipe that is 8 x 141 GB of host memory per node, more than many GPU nodes have."""
+    says (huggingface/transformers#43749), and accelerate then throws every copy but the main one away. In float32
+    master weights that is 4 bytes per parameter in each process (benchmarks/bench_fsdp_loading.py): 8 x 283 GB
+    of host memory on a node of the 70B recipe."""
     return (launcher_kind() == "fsdp" and world_size() > 1 and not is_main_process()
             and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() in ("1", "true"))
 

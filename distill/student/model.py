@@ -131,12 +131,12 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 config = apply_config_overrides(AutoConfig.from_pretrained(ref), cfg)
-                quantization = quantization_config(cfg.lora, where)
-                if quantization is None and receives_weights_from_main():
+                if receives_weights_from_main():  # (no LoRA/QLoRA here: refused under FSDP above)
                     model = empty_model(config, dtype, attn)
                 else:
                     model = AutoModelForCausalLM.from_pretrained(
-                        ref, config=config, dtype=dtype, attn_implementation=attn, quantization_config=quantization)
+                        ref, config=config, dtype=dtype, attn_implementation=attn,
+                        quantization_config=quantization_config(cfg.lora, where))
         except OSError as exc:
             raise DistillError(f"cannot load base model: {str(exc).splitlines()[0]}"
                                " (offline: only local folders and cached models load)", where=cfg.base) from None

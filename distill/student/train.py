@@ -358,7 +358,8 @@ def sharding(trainer: Any) -> str:
     """How the trained weights and sequences were laid out across processes, as the trainer actually ran it:
     ``zero-N`` (DeepSpeed), ``fsdp2`` (the model is an FSDPModule: a DTensor shard of every parameter per
     process), ``fsdp1``, ``replicated`` (DDP or one process); ``+ ulysses-spN`` / ``+ ring-cpN`` when each
-    sequence was split over N processes (DeepSpeed Ulysses / FSDP2 ring attention). Recorded in the metrics so a run says what it did, not what its config asked for."""
+    sequence was split over N processes (DeepSpeed Ulysses / FSDP2 ring attention). Recorded in the metrics so a
+    run says what it did, not what its config asked for."""
     if getattr(trainer, "is_deepspeed_enabled", False):
         layout = f"zero-{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
     elif getattr(trainer, "is_fsdp_enabled", False):
@@ -415,17 +416,18 @@ def quiet_progress(trainer: Any) -> None:
 def save_trained(trainer: Any, tokenizer: Any, cfg: StudentConfig, out: Path, sampling=None) -> Path:
     """Write the trained student as a plain model (LoRA merged) with the aligned EOS, from the main process.
 
-    Sharded runs (ZeRO-3, FSDP) gather the full weights through ``trainer.save_model`` (every rank must call it);
-    a QLoRA or sharded LoRA adapter is merged into a bf16 reload of the base afterwards."""
+    Sharded runs gather the full weights collectively (every rank must call this): ZeRO-3 through
+    ``trainer.save_model``, FSDP through accelerate's full state dict, whatever the checkpoints' state-dict type.
+    A QLoRA or sharded LoRA adapter is merged into a bf16 reload of the base afterwards."""
     model = trainer.model
     align_eos(model, tokenizer, sampling)
     fsdp = bool(getattr(trainer, "is_fsdp_enabled", False))
     sharded = bool(getattr(trainer, "is_deepspeed_enabled", False)) or fsdp
     peft = is_peft_model(model)
     if fsdp and not peft:
-        # FSDP keeps float32 master weights (weights_dtype), which trainer.save_model writes as they are (a 70B in
-        # float32: 282 GB, a config saying float32) and with a tied LM head gathered twice; published as one
-        # process publishes: in the training precision, tied weights once
+        # trainer.save_model writes nothing under sharded checkpoints (fsdp2.yaml), and under full ones FSDP's
+        # float32 master weights as they are (a 70B: 282 GB, a config saying float32) with a tied LM head twice;
+        # published as one process publishes instead: in the training precision, tied weights once
         state = trainer.accelerator.get_state_dict(trainer.model)  # collective: the full weights on the main one
         if distributed.is_main_process():
             for tied, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
