@@ -7,7 +7,8 @@ normalised per shard). Here ``accelerate launch --config_file configs/accelerate
 distill.student.launch`` (the documented multi-GPU command, with the shipped config cut down to 2 or 4 CPU
 processes and fp32) trains the same tiny student from the same weights as one plain process, at the same global batch,
 and the loss curves must agree step by step. DeepSpeed partitions the weights and runs Ulysses' all-to-all for
-real, over gloo.
+real, over gloo. The 70B recipe's fsdp2.yaml runs the same way through tests/fsdp_on_cpu.py (torch's FSDP2 over
+gloo; the shim only lifts accelerate's accelerator-only check).
 """
 
 from __future__ import annotations
@@ -363,7 +364,7 @@ FSDP_ON_CPU = "tests.fsdp_on_cpu"
 
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_fsdp2_trains_like_one_process_from_a_base_lacking_the_r1_tokens(tiny_run, tmp_path, tie):
-    """The 70B recipe's layout: FSDP2 with cpu_ram_efficient_loading and full-state-dict saves, on a base whose
+    """The 70B recipe's layout: FSDP2 with cpu_ram_efficient_loading as shipped in fsdp2.yaml, on a base whose
     vocabulary lacks the R1 markers and has no spare rows (Llama 3's case, so the embeddings grow by 7 rows).
     Only the main process reads the base; the other builds an empty model of the same grown shape and is sent its
     shards. Before distributed.receives_weights_from_main every process read the whole checkpoint (transformers 5
