@@ -283,7 +283,8 @@ class TrainConfig(Strict):
     packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = "bfd"
     padding_free: bool | None = Field(None, description="null: on with bfd packing (per-example position ids)")
     pad_to_multiple_of: int | None = Field(None, ge=1, description="pad each batch's length to a multiple of this; "
-                                           "null: sequence_parallel_size under sequence parallelism, else none")
+                                           "null: sequence_parallel_size under sequence parallelism, "
+                                           "2 x context_parallel_size under ring attention, else none")
     attn_implementation: Literal["auto", "flash_attention_2", "flash_attention_3", "sdpa", "sdpa_varlen",
                                  "eager"] = Field(
         "auto", description="auto: flash_attention_2 when importable on a GPU, else sdpa (sdpa_varlen when packed)")
@@ -309,6 +310,11 @@ class TrainConfig(Strict):
         if sp > 1 and self.pad_to_multiple_of is not None and self.pad_to_multiple_of % sp:
             raise ValueError(f"pad_to_multiple_of {self.pad_to_multiple_of} must be a multiple of "
                              f"parallel.sequence_parallel_size {sp}: Ulysses splits every batch's length evenly")
+        ring = 2 * self.parallel.context_parallel_size
+        if ring > 2 and self.pad_to_multiple_of is not None and self.pad_to_multiple_of % ring:
+            raise ValueError(f"pad_to_multiple_of {self.pad_to_multiple_of} must be a multiple of 2 x "
+                             f"parallel.context_parallel_size = {ring}: ring attention gives each GPU a head and a "
+                             "tail chunk of every sequence")
         if self.packing and sp > 1 and self.per_device_train_batch_size != 1:
             raise ValueError(f"packing with parallel.sequence_parallel_size {sp} needs per_device_train_batch_size 1 "
                              f"(not {self.per_device_train_batch_size}): each packed bin is one micro-batch, the "

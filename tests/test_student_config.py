@@ -64,6 +64,7 @@ def test_recipes_cover_the_six_bases_and_are_consistent(monkeypatch):
             assert pc.dp_shard_size * ga * t.per_device_train_batch_size == t.global_batch_size, path.name
             monkeypatch.delenv("ACCELERATE_USE_FSDP")
             monkeypatch.delenv("WORLD_SIZE")
+            assert distributed.pad_to_multiple_of(t) % (2 * p.context_parallel_size) == 0
         if p.sequence_parallel_size > 1:
             assert kind == "DEEPSPEED"
             # on the GPU the recipe is meant for: Ulysses over its flash-attention, batches split evenly
@@ -239,6 +240,12 @@ def test_global_batch_and_parallelism(monkeypatch):
         == 64
     with pytest.raises(ValueError, match="must be a multiple of parallel.sequence_parallel_size 4"):
         TrainConfig(pad_to_multiple_of=6, parallel={"sequence_parallel_size": 4})
+    # and over a ring: a head and a tail chunk per GPU, which torch's load balancer needs (else it is skipped)
+    ring = TrainConfig(parallel={"context_parallel_size": 2})
+    assert distributed.pad_to_multiple_of(ring) == 4
+    assert distributed.pad_to_multiple_of(ring.model_copy(update={"pad_to_multiple_of": 64})) == 64
+    with pytest.raises(ValueError, match="must be a multiple of 2 x parallel.context_parallel_size = 4"):
+        TrainConfig(pad_to_multiple_of=6, parallel={"context_parallel_size": 2})
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("WORLD_SIZE", "8")
