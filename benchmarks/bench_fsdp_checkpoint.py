@@ -45,8 +45,8 @@ def run(config: Path, recipe: Path, out: Path, port: int) -> tuple[dict[int, int
     while proc.poll() is None:
         try:
             for child in launcher.children(recursive=True):
-                rank = child.environ().get("RANK")
-                if rank is not None and "distill" not in child.name():
+                rank = child.environ().get("RANK")  # set for the workers torchrun starts, not the launchers
+                if rank is not None:
                     peaks[int(rank)] = max(peaks.get(int(rank), 0), child.memory_info().rss)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
