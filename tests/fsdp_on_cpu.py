@@ -1,5 +1,7 @@
 """``accelerate launch --config_file FSDP2.yaml -m tests.fsdp_on_cpu RECIPE --out RUN``: the train launcher
-(distill.student.launch) under accelerate's FSDP2, on CPU processes.
+(distill.student.launch) under accelerate's FSDP2, on CPU processes. Where a script starts the workers itself
+(scripts/slurm_train.sbatch), a ``sitecustomize.py`` holding ``import tests.fsdp_on_cpu`` on their PYTHONPATH
+applies the same patch.
 
 Why a shim: accelerate switches its FSDP plugin on only for accelerator device types (MULTI_GPU, MULTI_XPU, ...).
 On CPU processes it stays MULTI_CPU, plain DDP, and the shipped fsdp2.yaml is silently ignored. torch's FSDP2

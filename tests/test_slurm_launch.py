@@ -5,7 +5,7 @@ master address, process counts, the recipe's accelerate config, --set overrides)
 launch. Slurm itself cannot run here, so ``srun`` and ``scontrol`` are two-line stand-ins on PATH: ``srun`` starts
 the script's per-node command once per node with SLURM_NODEID set, as Slurm does, and ``scontrol show
 hostnames`` names this machine. Everything after that is real: two ``accelerate launch`` agents (one per node)
-rendezvous on loopback, DeepSpeed ZeRO-3 partitions the student over both, and the stage is written once.
+rendezvous on loopback, DeepSpeed ZeRO-3 or FSDP2 shards the student over both, and the stage is written once.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import free_port, worker_env
@@ -38,7 +39,12 @@ echo 127.0.0.1
 
 
 
-def test_sbatch_script_trains_over_two_nodes_with_zero3(tmp_path):
+@pytest.mark.parametrize("layout", ["zero3", "fsdp2"])
+def test_sbatch_script_trains_over_two_nodes(tmp_path, layout):
+    """ZeRO-3 (the 32B recipe) and FSDP2 (the 70B recipe). FSDP2 runs on CPU processes through
+    tests/fsdp_on_cpu.py, loaded into every worker by a sitecustomize on the workers' PYTHONPATH: the script starts
+    ``python -m distill.student.launch`` itself. On the second "node" the student is built empty and sent its
+    shards by the first (distributed.receives_weights_from_main)."""
     from distill.manifest import Stage
     from distill.student.miniature import write_kept
     from tests.test_student_sharded import cpu_variant
@@ -61,11 +67,16 @@ def test_sbatch_script_trains_over_two_nodes_with_zero3(tmp_path):
     run = tmp_path / "run"
     write_kept(run / "filtered" / "kept", 32, seed=1)
     Stage("filter", run / "filtered", "test").finish()
-    config = cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml")
+    config = cpu_variant(f"configs/accelerate/{layout}.yaml", tmp_path / f"{layout}.yaml")
 
     env = worker_env(PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable, SLURM_SUBMIT_DIR=str(tmp_path),
                      SLURM_NNODES="2", SLURM_GPUS_ON_NODE="1", SLURM_JOB_NODELIST="node[0-1]",
                      MASTER_PORT=str(free_port()))
+    if layout == "fsdp2":
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text("import tests.fsdp_on_cpu  # noqa: F401\n")
+        env["PYTHONPATH"] = f"{site}{os.pathsep}{env['PYTHONPATH']}"
     env.pop("HF_HUB_OFFLINE", None)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_train.sbatch"), str(recipe), str(run), str(config),
                            "--set", "student.train.save_steps=2"],
@@ -76,11 +87,18 @@ def test_sbatch_script_trains_over_two_nodes_with_zero3(tmp_path):
     manifest = json.loads((run / "student" / "manifest.json").read_text())
     settings = manifest["metrics"]["settings"]
     assert manifest["counts"]["processes"] == 2 and settings["world_size"] == 2
-    assert settings["sharding"] == "zero-3" and settings["gradient_accumulation_steps"] == 1  # 2 nodes x 4 x 1
+    assert settings["sharding"] == {"zero3": "zero-3", "fsdp2": "fsdp2"}[layout]
+    assert settings["gradient_accumulation_steps"] == 1  # 2 nodes x 4 x 1
     assert manifest["metrics"]["steps"] == 3
     assert manifest["config"]["train"]["save_steps"] == 2  # the --set after the config reached the recipe
-    # the last checkpoint holds both ranks' ZeRO-3 partitions (one per "node"), ready for a resubmission
-    shards = sorted(p.name for p in (run / "student" / "checkpoints" / "checkpoint-3" / "global_step3").iterdir())
-    assert shards == [f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in (0, 1) for kind in ("model", "optim")]
+    # the last checkpoint holds both ranks' parts (one per "node"), ready for a resubmission
+    checkpoint = run / "student" / "checkpoints" / "checkpoint-3"
+    if layout == "zero3":
+        shards = sorted(p.name for p in (checkpoint / "global_step3").iterdir())
+        assert shards == [f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in (0, 1)
+                          for kind in ("model", "optim")]
+    else:
+        for part in ("pytorch_model_fsdp_0", "optimizer_0"):
+            assert sorted(p.name for p in (checkpoint / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert (run / "student" / "model" / "model.safetensors").exists()
     assert (tmp_path / "logs").is_dir()  # where the #SBATCH --output lines point
