@@ -26,6 +26,9 @@ from tests.conftest import free_port, worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 4
+# FSDP2 (the 70B recipe's configs/accelerate/fsdp2.yaml) runs through tests/fsdp_on_cpu.py: accelerate turns FSDP
+# on only for accelerator devices, torch's FSDP2 itself runs over gloo; the shim lifts that one gate.
+FSDP_ON_CPU = "tests.fsdp_on_cpu"
 
 
 
@@ -332,34 +335,33 @@ def test_lora_under_zero2_trains_like_one_process_and_merges(tiny_run, tmp_path)
     assert any(not merged[k].equal(base[k]) for k in base)  # and the adapter's update is in it
 
 
-def test_gkd_under_zero3_has_the_loss_of_one_process(tiny_run, tmp_path):
-    """Logit distillation across processes: the teacher is partitioned by DeepSpeed too, and the loss (hence the
-    gradients) must not shrink with the number of processes (TRL 1.16's GKDTrainer halved it on 2; see
-    distill/student/gkd.py:data_parallel_gkd). Off-policy steps only (lmbda 0), so both runs see the same
-    tokens; the student starts from a different random model than its teacher."""
-    from distill.student.launch import main
+@pytest.fixture(scope="module")
+def gkd_student(tmp_path_factory) -> Path:
+    """A student base with the teacher's tokenizer and other weights (GKD needs a shared tokenizer)."""
     from tests.tiny_models import build_tiny_teacher
 
+    return build_tiny_teacher(tmp_path_factory.mktemp("gkd") / "student-base", seed=1)
+
+
+@pytest.mark.parametrize("layout", ["zero3", "fsdp2"])
+def test_gkd_across_processes_has_the_loss_of_one_process(tiny_run, gkd_student, tmp_path, layout):
+    """Logit distillation across processes: the teacher is sharded too (by DeepSpeed, or prepared by accelerate
+    under FSDP2), and the loss (hence the gradients) must not shrink with the number of processes (TRL 1.16's
+    GKDTrainer halved it on 2; see distill/student/gkd.py:data_parallel_gkd). Off-policy steps only (lmbda 0), so
+    both runs see the same tokens; the student starts from a different random model than its teacher."""
     recipe, new_run, _ = tiny_run
-    student = build_tiny_teacher(tmp_path / "student-base", seed=1)  # same tokenizer, other weights
-    gkd = (f"student.base={student}", "student.train.distill_method=gkd", "student.train.gkd.lmbda=0")
-    single = new_run("gkd-single")
-    assert main([str(recipe), "--out", str(single), *[a for o in gkd for a in ("--set", o)]]) == 0
-    reference = json.loads((single / "student" / "manifest.json").read_text())
-    run = new_run("gkd-zero3")
-    manifest = launch(cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml"), recipe, run, *gkd)
+    gkd = [f"student.base={gkd_student}", "student.train.distill_method=gkd", "student.train.gkd.lmbda=0"]
+    reference = single_process(new_run, recipe, "gkd-single", gkd)
+    run = new_run(f"gkd-{layout}")
+    manifest = launch(cpu_variant(f"configs/accelerate/{layout}.yaml", tmp_path / f"{layout}.yaml"), recipe, run,
+                      *gkd, module=FSDP_ON_CPU if layout == "fsdp2" else "distill.student.launch")
     assert manifest["metrics"]["settings"]["distill_method"] == "gkd"
-    assert manifest["metrics"]["settings"]["sharding"] == "zero-3"
+    assert manifest["metrics"]["settings"]["sharding"] == {"zero3": "zero-3", "fsdp2": "fsdp2"}[layout]
     one = [loss for _, loss in reference["metrics"]["loss_curve"]]
     two = [loss for _, loss in manifest["metrics"]["loss_curve"]]
     assert len(one) == len(two) == STEPS and one[-1] < one[0]
     for a, b in zip(one, two):
         assert abs(a - b) <= 1e-3 * a, (one, two)
-
-
-# FSDP2 (the 70B recipe's configs/accelerate/fsdp2.yaml) runs through tests/fsdp_on_cpu.py: accelerate turns FSDP
-# on only for accelerator devices, torch's FSDP2 itself runs over gloo; the shim lifts that one gate.
-FSDP_ON_CPU = "tests.fsdp_on_cpu"
 
 
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
