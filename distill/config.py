@@ -256,6 +256,18 @@ class ParallelSettings(Strict):
             raise ValueError("sequence_parallel_size and context_parallel_size are mutually exclusive")
         return self
 
+    def split_unit(self) -> tuple[int, str] | None:
+        """The multiple a batch's length must be for its sequences to split evenly, and what asks for it: Ulysses
+        gives each of ``sequence_parallel_size`` GPUs an equal shard; torch's ring attention gives each of
+        ``context_parallel_size`` GPUs a head and a tail chunk (its load balancer is skipped silently for any other
+        length). None without either."""
+        if self.sequence_parallel_size > 1:
+            return self.sequence_parallel_size, f"parallel.sequence_parallel_size {self.sequence_parallel_size}"
+        if self.context_parallel_size > 1:
+            ring = 2 * self.context_parallel_size
+            return ring, f"2 x parallel.context_parallel_size = {ring}"
+        return None
+
 
 class TrainConfig(Strict):
     """Student training. Defaults suit the CPU demo; the full-scale recipes in students/ say where theirs come from.
@@ -307,14 +319,10 @@ class TrainConfig(Strict):
     @model_validator(mode="after")
     def _sequence_shards_evenly(self) -> "TrainConfig":
         sp = self.parallel.sequence_parallel_size
-        if sp > 1 and self.pad_to_multiple_of is not None and self.pad_to_multiple_of % sp:
-            raise ValueError(f"pad_to_multiple_of {self.pad_to_multiple_of} must be a multiple of "
-                             f"parallel.sequence_parallel_size {sp}: Ulysses splits every batch's length evenly")
-        ring = 2 * self.parallel.context_parallel_size
-        if ring > 2 and self.pad_to_multiple_of is not None and self.pad_to_multiple_of % ring:
-            raise ValueError(f"pad_to_multiple_of {self.pad_to_multiple_of} must be a multiple of 2 x "
-                             f"parallel.context_parallel_size = {ring}: ring attention gives each GPU a head and a "
-                             "tail chunk of every sequence")
+        split = self.parallel.split_unit()
+        if split and self.pad_to_multiple_of is not None and self.pad_to_multiple_of % split[0]:
+            raise ValueError(f"pad_to_multiple_of {self.pad_to_multiple_of} must be a multiple of {split[1]}: every "
+                             "batch's length is split evenly across those GPUs")
         if self.packing and sp > 1 and self.per_device_train_batch_size != 1:
             raise ValueError(f"packing with parallel.sequence_parallel_size {sp} needs per_device_train_batch_size 1 "
                              f"(not {self.per_device_train_batch_size}): each packed bin is one micro-batch, the "

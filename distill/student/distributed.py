@@ -173,16 +173,15 @@ def receives_weights_from_main() -> bool:
 
 
 def pad_to_multiple_of(t: TrainConfig) -> int | None:
-    """Ulysses splits every batch's length into ``sequence_parallel_size`` equal shards, and torch's ring attention
-    into ``2 x context_parallel_size`` chunks, a head and a tail per GPU, so that the causal work is even. Batches
-    are padded to that multiple unless the recipe pads to a coarser multiple of its own.
+    """Batches are padded to the multiple their sequence split needs (``ParallelSettings.split_unit``: the SP size
+    under Ulysses, 2 x the ring size under ring attention) unless the recipe pads to a coarser multiple of its own.
 
-    Why for the ring: torch balances the load only when the length divides into those chunks (its head-tail
-    balancer is skipped otherwise, silently: the GPU holding the tail then does ~3x the other's attention at 2),
-    and it shards an uneven length unevenly across the ring. A 32k trace has any length; padding at the end is
-    harmless under the causal mask (pad tokens come last and carry no loss)."""
-    sp, cp = t.parallel.sequence_parallel_size, t.parallel.context_parallel_size
-    return t.pad_to_multiple_of or (sp if sp > 1 else 2 * cp if cp > 1 else None)
+    Why for the ring: torch balances the load only when the length divides into a head and a tail chunk per GPU
+    (its head-tail balancer is skipped otherwise, silently: the GPU holding the tail then does ~3x the other's
+    attention at 2), and it shards an uneven length unevenly across the ring. A 32k trace has any length; padding
+    at the end is harmless under the causal mask (pad tokens come last and carry no loss)."""
+    split = t.parallel.split_unit()
+    return t.pad_to_multiple_of or (split[0] if split else None)
 
 
 def is_zero3_partitioned(model: Any) -> bool:
