@@ -467,13 +467,34 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, lis
     return per_entry
 
 
+# the branches of a catalog field (``student: str | StudentConfig``) as pydantic names them in an error's location
+_CATALOG_BRANCHES = {"str"} | {model.__name__ for _, model in CATALOG_KIND.values()}
+
+
+def _taken_branch_errors(errors: list[Any], data: dict[str, Any]) -> list[Any]:
+    """The errors of the branch each catalog field's value took, their locations without the branch's name.
+
+    Why: pydantic reports a union field once per branch, the string branch first. An inline ``student:`` mapping
+    with one bad key read "key 'student.str': Input should be a valid string (and 1 more)", hiding the key."""
+    kept = []
+    for err in errors:
+        loc = err["loc"]
+        if len(loc) > 1 and loc[0] in CATALOG_KIND and loc[1] in _CATALOG_BRANCHES:
+            if (loc[1] == "str") != isinstance(data.get(loc[0]), str):
+                continue
+            err = {**err, "loc": (loc[0], *loc[2:])}
+        kept.append(err)
+    return kept or errors
+
+
 def _validate(model: type[Strict], data: dict[str, Any], where: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = _taken_branch_errors(exc.errors(), data)
+        err = errors[0]
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise DistillError(f"key '{key}': {err['msg']}{more}", where=where) from None
 
 

@@ -24,6 +24,20 @@ def test_unknown_key_names_file_and_key(tmp_path):
         load_recipe(f)
 
 
+def test_inline_catalog_entry_error_names_its_key_not_the_union_branch(tmp_path):
+    """A run recipe may write its student (or data, teacher, eval) inline. pydantic reports such a field once per
+    branch of ``str | StudentConfig``, the string branch first: the message read "key 'student.str': Input should
+    be a valid string (and 1 more)" whatever key was wrong."""
+    inline = ("name: x\ndata: tiny-arith\nteacher: tiny-arith\neval: tiny-arith\n"
+              "student:\n  base: some/base\n  train:\n    learning_rate: fast\n")
+    with pytest.raises(DistillError, match=r"key 'student\.train\.learning_rate': Input should be a valid number"
+                                           r", unable to parse string as a number$"):
+        load_recipe(write(tmp_path / "inline.yaml", inline))
+    with pytest.raises(DistillError, match=r"key 'student': Input should be a valid dictionary or instance of "
+                                           r"StudentConfig$"):
+        load_recipe(write(tmp_path / "number.yaml", inline.split("student:")[0] + "student: 5\n"))
+
+
 def test_wrong_type_in_catalog_entry_via_override_names_entry(tmp_path):
     with pytest.raises(DistillError, match=r"teachers/tiny-arith\.yaml: key 'sampling\.n'"):
         load_recipe("tiny", ["teacher.sampling.n=many"])
