@@ -9,6 +9,8 @@ itself (``fully_shard``, DTensor shards, gloo collectives) runs on the CPU. This
 accelerate's own state does on GPUs: AcceleratorState records FSDP and shares it with PartialState (as accelerate
 does at the end of its init), so sharding, cpu_ram_efficient_loading, the full-state-dict saves and FSDP
 checkpoints run for real. Nothing is faked; only the device check is. Test-only: a CPU user has nothing to shard.
+It also loads tests/ring_attention_on_cpu.py, so that the recipe's context parallelism (torch's ring attention,
+registered for GPU kernels only) runs here too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 
 from accelerate import state
 from accelerate.utils import DistributedType
+
+import tests.ring_attention_on_cpu  # noqa: F401
 
 _init = state.AcceleratorState.__init__
 

@@ -8,7 +8,8 @@ distill.student.launch`` (the documented multi-GPU command, with the shipped con
 processes and fp32) trains the same tiny student from the same weights as one plain process, at the same global batch,
 and the loss curves must agree step by step. DeepSpeed partitions the weights and runs Ulysses' all-to-all for
 real, over gloo. The 70B recipe's fsdp2.yaml runs the same way through tests/fsdp_on_cpu.py (torch's FSDP2 over
-gloo; the shim only lifts accelerate's accelerator-only check).
+gloo; the shim only lifts accelerate's accelerator-only check), and so does its ring attention (torch's ring over
+gloo, each ring step on the CPU's attention kernel: tests/ring_attention_on_cpu.py).
 """
 
 from __future__ import annotations
@@ -220,6 +221,12 @@ def complete_checkpoints(run: Path) -> list[int]:
                   for p in (run / "student" / "checkpoints").glob("checkpoint-*/trainer_state.json"))
 
 
+# 2 epochs of 8 steps of 4 traces, one trace per process and step, a checkpoint at step 11 (mid second epoch):
+# the preemption tests' layout, whose one-process reference they share
+TWO_EPOCHS_OF_4 = ["student.train.per_device_train_batch_size=1", "student.train.global_batch_size=4",
+                   "student.train.max_steps=-1", "student.train.num_train_epochs=2", "student.train.save_steps=11"]
+
+
 def kill_at_first_checkpoint(command: tuple[list[str], dict], run: Path) -> list[int]:
     """Start the launch ``command`` and SIGKILL all of it (launcher and ranks) as soon as a complete checkpoint
     is on disk, as a preemption does; the checkpoints it left."""
@@ -253,8 +260,7 @@ def test_zero3_run_killed_mid_training_resumes_from_its_last_checkpoint(tiny_run
     and trains only the remaining steps, in the order an unbroken run draws (the sampler's epoch and the
     batches skipped). The whole 2-epoch curve, from before and after the kill, equals one process's."""
     recipe, new_run, _ = tiny_run
-    layout = ["student.train.per_device_train_batch_size=1", "student.train.global_batch_size=4",
-              "student.train.max_steps=-1", "student.train.num_train_epochs=2", "student.train.save_steps=11"]
+    layout = TWO_EPOCHS_OF_4
     reference = single_process(new_run, recipe, "single_two_epochs_4", layout)
     assert reference["metrics"]["steps"] == 16  # 32 traces, 8 steps of 4 per epoch
     run = new_run("preempted")
@@ -435,8 +441,7 @@ def test_fsdp2_run_killed_mid_training_resumes_on_any_number_of_fsdp_processes(t
     Resumed without FSDP it is refused by name before any weights load; before, the Trainer stopped on a
     ValueError after loading them."""
     recipe, new_run, _ = tiny_run
-    layout = ["student.train.per_device_train_batch_size=1", "student.train.global_batch_size=4",
-              "student.train.max_steps=-1", "student.train.num_train_epochs=2", "student.train.save_steps=11"]
+    layout = TWO_EPOCHS_OF_4
     reference = single_process(new_run, recipe, "single_two_epochs_4", layout)
     run = new_run("fsdp2_preempted")
     config = cpu_variant("configs/accelerate/fsdp2.yaml", tmp_path / "fsdp2.yaml")
@@ -456,4 +461,53 @@ def test_fsdp2_run_killed_mid_training_resumes_on_any_number_of_fsdp_processes(t
     settings = manifest["metrics"]["settings"]
     assert settings["sharding"] == "fsdp2" and settings["world_size"] == 4
     assert settings["gradient_accumulation_steps"] == 1  # 4 x 1 x 1 = 4, as 2 x 1 x 2 before the kill
+    assert_same_curve(reference, manifest, rel=1e-5, steps=16)
+
+
+# the 70B recipe's micro-batch (one trace per GPU) and memory setting, with its ring of 2
+RING = ["student.train.parallel.context_parallel_size=2", "student.train.per_device_train_batch_size=1",
+        "student.train.gradient_checkpointing=true"]
+
+
+@pytest.mark.parametrize("processes", [2, 4], ids=["one-ring", "two-rings-sharded"])
+def test_fsdp2_ring_attention_trains_like_one_process(tiny_run, tmp_path, processes):
+    """The 70B recipe's layout: FSDP2 with context parallelism 2 (torch's ring attention, switched on by
+    accelerate's ParallelismConfig and the Trainer's context-parallel step), one trace per process, gradient
+    checkpointing. Each process of a ring holds a head and a tail chunk of every trace (torch's load balancer) and
+    passes its keys and values round the ring; on 4 processes FSDP shards the student over the 2 rings. The ring
+    runs for real over gloo, with the CPU's attention kernel in each ring step (tests/ring_attention_on_cpu.py; the
+    step fails without it, so it cannot pass by attending whole sequences). Batches are padded to 2 x the ring
+    (distributed.pad_to_multiple_of); without that, rank 1 aborted at the first odd-length trace. The curve, the
+    real tokens and the trained model must equal one process accumulating the same 8 sequences a step."""
+    from safetensors.torch import load_file
+
+    recipe, new_run, single = tiny_run
+    run = new_run(f"ring_{processes}")
+    manifest = launch(cpu_variant("configs/accelerate/fsdp2.yaml", tmp_path / "fsdp2.yaml", processes=processes),
+                      recipe, run, *RING, module=FSDP_ON_CPU)
+    settings = manifest["metrics"]["settings"]
+    assert settings["sharding"] == "fsdp2 + ring-cp2" and settings["world_size"] == processes
+    assert settings["gradient_accumulation_steps"] == 16 // processes  # 1 trace x (processes / 2 rings) x acc = 8
+    assert_same_curve(single, manifest, rel=1e-5)
+    ref = load_file(str(Path(single["inputs"]["kept"]).parent.parent / "student" / "model" / "model.safetensors"))
+    got = load_file(str(run / "student" / "model" / "model.safetensors"))
+    assert sorted(got) == sorted(ref)
+    assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) < 1e-5
+
+
+def test_fsdp2_ring_attention_run_killed_mid_training_resumes_on_more_rings(tiny_run, tmp_path):
+    """Preemption of the 70B recipe's layout: a run on one ring of 2 is killed once checkpoint-11 is on disk (mid
+    second epoch) and resubmitted on 4 processes (2 rings, FSDP over both): the sharded checkpoint is resharded,
+    the data loader skips what was trained, and the whole 16-step curve equals one process's."""
+    recipe, new_run, _ = tiny_run
+    layout = [*TWO_EPOCHS_OF_4, *RING]
+    reference = single_process(new_run, recipe, "single_two_epochs_4", TWO_EPOCHS_OF_4)
+    run = new_run("ring_preempted")
+    config = cpu_variant("configs/accelerate/fsdp2.yaml", tmp_path / "fsdp2.yaml")
+    assert kill_at_first_checkpoint(launch_command(config, recipe, run, *layout, module=FSDP_ON_CPU), run) == [11]
+    log: list[str] = []
+    manifest = launch(cpu_variant("configs/accelerate/fsdp2.yaml", tmp_path / "fsdp2x4.yaml", processes=4), recipe,
+                      run, *layout, log=log, module=FSDP_ON_CPU)
+    assert int(log[0].split("train: step ")[1].split("/")[0]) == 12
+    assert manifest["metrics"]["settings"]["sharding"] == "fsdp2 + ring-cp2"
     assert_same_curve(reference, manifest, rel=1e-5, steps=16)
