@@ -24,6 +24,8 @@ from torch.distributed.tensor.placement_types import Replicate, Shard
 aten = torch.ops.aten
 FORWARD = aten._scaled_dot_product_flash_attention_for_cpu.default
 BACKWARD = aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+# what each ring step calls (benchmarks/bench_ring_balance.py times them per rank)
+kernels = {"forward": aten._scaled_dot_product_flash_attention_for_cpu, "backward": BACKWARD}
 SEQ = Shard(rules.SEQ_DIM)
 
 
@@ -43,16 +45,17 @@ def _ring_forward(mesh, query, key, value, dropout_p: float = 0.0, is_causal: bo
                   attn_mask=None, scale=None):
     if attn_mask is not None:
         raise NotImplementedError("ring attention takes no attention mask (accelerate's hook makes it is_causal)")
-    return ring._templated_ring_attention(mesh.get_group(), rules.SEQ_DIM, aten._scaled_dot_product_flash_attention_for_cpu,
-                                          query=query, key=key, value=value, is_causal=is_causal,
-                                          dropout_p=dropout_p, scale=scale)
+    return ring._templated_ring_attention(mesh.get_group(), rules.SEQ_DIM, kernels["forward"], query=query,
+                                          key=key, value=value, is_causal=is_causal, dropout_p=dropout_p,
+                                          scale=scale)
 
 
 def _ring_backward(mesh, grad_out, query, key, value, out, logsumexp, dropout_p: float, is_causal: bool, *,
                    attn_mask=None, scale=None):
     return ring._templated_ring_attention_backward(
-        mesh.get_group(), rules.SEQ_DIM, BACKWARD, grad_out=grad_out, grad_out_name="grad_out", query=query,
-        key=key, value=value, out=out, logsumexp=logsumexp, is_causal=is_causal, dropout_p=dropout_p, scale=scale)
+        mesh.get_group(), rules.SEQ_DIM, kernels["backward"], grad_out=grad_out, grad_out_name="grad_out",
+        query=query, key=key, value=value, out=out, logsumexp=logsumexp, is_causal=is_causal, dropout_p=dropout_p,
+        scale=scale)
 
 
 _RING = {FORWARD: _ring_forward, BACKWARD: _ring_backward}
