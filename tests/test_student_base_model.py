@@ -131,3 +131,98 @@ def test_official_r1_template_is_replaced_without_new_tokens(tmp_path):
     assert info["chat_format"] == "r1" and info["added_tokens"] == 0 and len(tok2) == len(tok)
     prompt, completion = render_training_pair(tok2, "1 + 1?", "1 + 1 = 2.", "\\boxed{2}")
     assert "1 + 1 = 2." in completion
+
+
+def _llama3_like_base(folder):
+    """Llama 3's shape of base: specials of its own, a tokenizer.json post-processor that prepends
+    ``<|begin_of_text|>`` to every tokenized text, ``llama3`` RoPE scaling, an untied head, and a generation config
+    that stops on a list of ids (as Llama-3.3-70B-Instruct's does)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from distill.student.miniature import kept_rows
+
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = [r["problem"] + "\n" + r["reasoning"] for r in kept_rows(20)]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=350, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bos = ("<|begin_of_text|>", bpe.token_to_id("<|begin_of_text|>"))
+    bpe.post_processor = processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B:1",
+                                                       special_tokens=[bos])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos[0], eos_token="<|eot_id|>")
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+                         "\n\n{{ m['content'] }}<|eot_id|>{% endfor %}")
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8192},
+                         tie_word_embeddings=False, bos_token_id=bos[1], eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(config)
+    stops = [tok.eos_token_id, tok.convert_tokens_to_ids("<|end_of_text|>")]
+    model.generation_config = GenerationConfig(bos_token_id=bos[1], eos_token_id=stops)
+    model.save_pretrained(folder)
+    return folder
+
+
+def _trained_token_ids(cfg, tmp_path) -> tuple[list[int], object, object]:
+    """The first training example's token ids as TRL's SFTTrainer tokenizes it for ``cfg``'s student."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from distill.student import train
+    from distill.student.miniature import write_kept
+
+    model, tok = build_student(cfg, teacher_model="unused")
+    rows = train.training_pairs(write_kept(tmp_path / "kept", 2), tok)
+    trainer = SFTTrainer(model=model, args=train.training_args(cfg, tmp_path / "out", tok, model),
+                         train_dataset=Dataset.from_list(rows), processing_class=tok)
+    template = tok(rows[0]["prompt"] + rows[0]["completion"], add_special_tokens=False)["input_ids"]
+    return trainer.train_dataset[0]["input_ids"], template, (model, tok)
+
+
+def test_llama3_base_trains_on_the_template_tokens_with_one_bos(tmp_path):
+    """The 8B and 70B recipes' bases are Llama 3, whose tokenizer prepends ``<|begin_of_text|>`` to every text.
+    TRL tokenizes the template-rendered training text with the tokenizer's defaults, so every trace began
+    ``<|begin_of_text|><｜begin▁of▁sentence｜>``, while evaluation and serving (chat-rendered text tokenized without
+    special tokens) give the student R1's BOS alone. The student must train on exactly the template's tokens, stop
+    on R1's EOS alone (not the base's list), keep Llama 3's RoPE scaling, and publish a tokenizer that adds nothing."""
+    from transformers import AutoTokenizer
+
+    from distill.student.miniature import tiny_student
+
+    base = _llama3_like_base(tmp_path / "base")
+    cfg = tiny_student(max_steps=1).model_copy(update={"base": str(base), "init_config": None})
+    ids, template, (model, tok) = _trained_token_ids(cfg, tmp_path)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.distill_build_info["stopped_automatic_bos"]
+    assert ids == template and tok.convert_ids_to_tokens(ids[:2]) == ["<｜begin▁of▁sentence｜>", "<｜User｜>"]
+    assert ids[-1] == tok.eos_token_id == model.generation_config.eos_token_id == tok.convert_tokens_to_ids(EOS)
+    assert model.config.rope_parameters["rope_type"] == "llama3"
+    reloaded = AutoTokenizer.from_pretrained(save_model(model, tok, tmp_path / "saved"))
+    text = "<｜begin▁of▁sentence｜><｜User｜>1 + 1?"
+    assert reloaded(text)["input_ids"] == reloaded(text, add_special_tokens=False)["input_ids"]
+
+
+def test_an_r1_tokenizer_adding_its_own_bos_trains_on_one(tmp_path):
+    """DeepSeek's R1 tokenizers prepend their BOS to every text (add_bos_token) and their template writes it too:
+    a base already in the R1 format (chat_format auto keeps its template) must still train on one."""
+    from transformers import AutoTokenizer
+
+    from distill.student.miniature import tiny_student
+    from tests.tiny_models import build_tiny_teacher
+
+    base = build_tiny_teacher(tmp_path / "base")
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.add_bos_token = True
+    tok.save_pretrained(base)
+    assert AutoTokenizer.from_pretrained(base).num_special_tokens_to_add(pair=False) == 1
+    cfg = tiny_student(max_steps=1).model_copy(update={"base": str(base), "init_config": None})
+    ids, template, (model, _) = _trained_token_ids(cfg, tmp_path)
+    info = model.distill_build_info
+    assert info["chat_format"] == "tokenizer" and info["stopped_automatic_bos"]
+    assert ids == template

@@ -63,6 +63,26 @@ def embedding_rows(model: Any) -> int:
     return int(getattr(weight, "ds_shape", weight.shape)[0])
 
 
+def stop_automatic_special_tokens(tokenizer: Any) -> bool:
+    """Make tokenizing text add no special tokens of the tokenizer's own; True if it used to.
+
+    Why: every text the student trains on is rendered by the chat template, which writes the BOS itself, and TRL
+    tokenizes it with the tokenizer's defaults. Llama 3's tokenizer prepends ``<|begin_of_text|>`` (a
+    post-processor in its tokenizer.json), DeepSeek's R1 tokenizers their own BOS, so every training sequence
+    began with two BOS tokens, while the evaluation and serving engines, which tokenize chat-rendered text
+    without special tokens, give the student one. The published tokenizer keeps the setting, so a user's
+    ``tokenizer(prompt)`` gives the tokens the student was trained on."""
+    if not tokenizer.num_special_tokens_to_add(pair=False):
+        return False
+    tokenizer.add_bos_token = False
+    tokenizer.add_eos_token = False
+    if tokenizer.num_special_tokens_to_add(pair=False):  # pragma: no cover - a tokenizer class we do not know
+        raise DistillError(f"{type(tokenizer).__name__} still adds special tokens to every text after "
+                           "add_bos_token/add_eos_token = False; training text would carry two BOS tokens",
+                           where="student.base")
+    return True
+
+
 def install_r1_format(tokenizer: Any, model: Any | None = None) -> dict[str, Any]:
     """Add the R1 tokens and template to ``tokenizer`` in place and fit ``model``'s embeddings; returns what changed."""
     vocab_before = len(tokenizer)
@@ -99,5 +119,7 @@ def prepare_chat_format(tokenizer: Any, model: Any, mode: str, where: str) -> di
         except Exception as exc:  # TemplateError, or no/foreign template (ValueError, Jinja errors)
             raise DistillError(f"the tokenizer's chat template cannot render R1 training data: {exc} "
                                "(set chat_format: r1 to install distill's template)", where=where) from None
-        return {"chat_format": "tokenizer", "added_tokens": 0, "resized_embeddings": False}
-    return {"chat_format": "r1", **install_r1_format(tokenizer, model)}
+        info = {"chat_format": "tokenizer", "added_tokens": 0, "resized_embeddings": False}
+    else:
+        info = {"chat_format": "r1", **install_r1_format(tokenizer, model)}
+    return {**info, "stopped_automatic_bos": stop_automatic_special_tokens(tokenizer)}
