@@ -158,7 +158,7 @@ def _llama3_like_base(folder):
     tok.save_pretrained(folder)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131_072,
                          rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 8.0,
                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                           "original_max_position_embeddings": 8192},

@@ -469,30 +469,41 @@ RING = ["student.train.parallel.context_parallel_size=2", "student.train.per_dev
         "student.train.gradient_checkpointing=true"]
 
 
-@pytest.mark.parametrize("processes", [2, 4], ids=["one-ring", "two-rings-sharded"])
-def test_fsdp2_ring_attention_trains_like_one_process(tiny_run, tmp_path, processes):
+@pytest.mark.parametrize("processes,base", [(2, "llama3"), (4, "tiny")],
+                         ids=["one-ring-llama3-base", "two-rings-sharded"])
+def test_fsdp2_ring_attention_trains_like_one_process(tiny_run, tmp_path, processes, base):
     """The 70B recipe's layout: FSDP2 with context parallelism 2 (torch's ring attention, switched on by
     accelerate's ParallelismConfig and the Trainer's context-parallel step), one trace per process, gradient
     checkpointing. Each process of a ring holds a head and a tail chunk of every trace (torch's load balancer) and
     passes its keys and values round the ring; on 4 processes FSDP shards the student over the 2 rings. The ring
     runs for real over gloo, with the CPU's attention kernel in each ring step (tests/ring_attention_on_cpu.py; the
     step fails without it, so it cannot pass by attending whole sequences). Batches are padded to 2 x the ring
-    (distributed.pad_to_multiple_of); without that, rank 1 aborted at the first odd-length trace. The curve, the
-    real tokens and the trained model must equal one process accumulating the same 8 sequences a step."""
+    (distributed.pad_to_multiple_of); without that, rank 1 aborted at the first odd-length trace. On one ring the
+    base is shaped like the recipe's Llama-3.3-70B (Llama 3 RoPE scaling, untied head, no R1 tokens: 7 rows grown,
+    and the second process builds it empty and is sent its shards). The curve, the real tokens, the trained model
+    and the untrained baseline must equal one process accumulating the same 8 sequences a step."""
     from safetensors.torch import load_file
 
+    from tests.test_student_base_model import _llama3_like_base
+
     recipe, new_run, single = tiny_run
-    run = new_run(f"ring_{processes}")
+    student = []
+    if base == "llama3":
+        student = [f"student.base={_llama3_like_base(tmp_path / 'base')}", "student.chat_format=r1"]
+        single = single_process(new_run, recipe, "llama3_single", student)
+    run = new_run(f"ring_{processes}_{base}")
     manifest = launch(cpu_variant("configs/accelerate/fsdp2.yaml", tmp_path / "fsdp2.yaml", processes=processes),
-                      recipe, run, *RING, module=FSDP_ON_CPU)
+                      recipe, run, *student, *RING, module=FSDP_ON_CPU)
     settings = manifest["metrics"]["settings"]
     assert settings["sharding"] == "fsdp2 + ring-cp2" and settings["world_size"] == processes
     assert settings["gradient_accumulation_steps"] == 16 // processes  # 1 trace x (processes / 2 rings) x acc = 8
+    assert settings["added_tokens"] == (7 if base == "llama3" else 0)
     assert_same_curve(single, manifest, rel=1e-5)
-    ref = load_file(str(Path(single["inputs"]["kept"]).parent.parent / "student" / "model" / "model.safetensors"))
-    got = load_file(str(run / "student" / "model" / "model.safetensors"))
-    assert sorted(got) == sorted(ref)
-    assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) < 1e-5
+    for folder, tolerance in (("model", 1e-5), ("init", 0.0)):
+        ref = load_file(str(Path(single["inputs"]["kept"]).parent.parent / "student" / folder / "model.safetensors"))
+        got = load_file(str(run / "student" / folder / "model.safetensors"))
+        assert sorted(got) == sorted(ref)
+        assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) <= tolerance
 
 
 def test_fsdp2_ring_attention_run_killed_mid_training_resumes_on_more_rings(tiny_run, tmp_path):
