@@ -105,6 +105,17 @@ def assert_same_curve(reference: dict, sharded: dict, rel: float, steps: int = S
     assert sharded["metrics"]["tokens"] == reference["metrics"]["tokens"]
 
 
+def assert_same_model(reference: dict, run: Path, tolerance: float) -> None:
+    """The trained student equals the reference run's to ``tolerance``; the untrained baseline exactly."""
+    from safetensors.torch import load_file
+
+    for folder, tol in (("model", tolerance), ("init", 0.0)):
+        ref = load_file(str(Path(reference["inputs"]["kept"]).parent.parent / "student" / folder / "model.safetensors"))
+        got = load_file(str(run / "student" / folder / "model.safetensors"))
+        assert sorted(got) == sorted(ref)  # a tied LM head is written once, as one process writes it
+        assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) <= tol
+
+
 def test_zero3_two_processes_train_like_one(tiny_run, tmp_path):
     from safetensors.torch import load_file
 
@@ -379,8 +390,6 @@ def test_fsdp2_trains_like_one_process_from_a_base_lacking_the_r1_tokens(tiny_ru
     ignores FSDP_CPU_RAM_EFFICIENT_LOADING); an empty model left on the meta device trained the wrong shards
     (accelerate maps optimizer parameters by data_ptr, 0 on meta), and one without its tied LM head stopped
     accelerate's prepare. The curve, the trained model and the untrained baseline must equal one process's."""
-    from safetensors.torch import load_file
-
     from tests.test_student_base_model import _qwen_like_base
 
     recipe, new_run, _ = tiny_run
@@ -394,12 +403,7 @@ def test_fsdp2_trains_like_one_process_from_a_base_lacking_the_r1_tokens(tiny_ru
     assert settings["sharding"] == "fsdp2" and settings["world_size"] == 2
     assert settings["added_tokens"] == 7 and settings["resized_embeddings"]
     assert_same_curve(reference, manifest, rel=1e-5)
-    for folder, tolerance in (("model", 1e-6), ("init", 0.0)):
-        ref = load_file(str(Path(reference["inputs"]["kept"]).parent.parent / "student" / folder /
-                            "model.safetensors"))
-        got = load_file(str(run / "student" / folder / "model.safetensors"))
-        assert sorted(got) == sorted(ref)  # a tied LM head is written once, as one process writes it
-        assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) <= tolerance
+    assert_same_model(reference, run, 1e-6)
 
 
 def test_a_process_receiving_its_weights_never_reads_the_checkpoint(tmp_path, monkeypatch):
@@ -469,9 +473,32 @@ RING = ["student.train.parallel.context_parallel_size=2", "student.train.per_dev
         "student.train.gradient_checkpointing=true"]
 
 
+@pytest.fixture(scope="module")
+def llama3_base(tmp_path_factory) -> list[str]:
+    """Overrides that make the tiny recipe's student a Llama-3-shaped base lacking the R1 tokens (the 8B and 70B
+    recipes' case: Llama 3 RoPE scaling, untied head, no spare embedding rows, so 7 rows are grown)."""
+    from tests.test_student_base_model import _llama3_like_base
+
+    return [f"student.base={_llama3_like_base(tmp_path_factory.mktemp('llama3') / 'base')}", "student.chat_format=r1"]
+
+
+def test_zero3_grows_a_llama3_base_like_one_process(tiny_run, llama3_base, tmp_path):
+    """The 8B recipe in miniature: Llama-3.1-8B under zero3.yaml. Its embedding matrix has no spare rows, so the
+    R1 tokens grow it (mean-initialised) while ZeRO-3 holds it partitioned; the curve, the trained model and the
+    untrained baseline must equal one process's (the other ZeRO-3 tests start from bases that need no rows)."""
+    recipe, new_run, _ = tiny_run
+    reference = single_process(new_run, recipe, "llama3_single", llama3_base)
+    run = new_run("llama3_zero3")
+    manifest = launch(cpu_variant("configs/accelerate/zero3.yaml", tmp_path / "zero3.yaml"), recipe, run, *llama3_base)
+    settings = manifest["metrics"]["settings"]
+    assert settings["sharding"] == "zero-3" and settings["added_tokens"] == 7 and settings["resized_embeddings"]
+    assert_same_curve(reference, manifest, rel=1e-5)
+    assert_same_model(reference, run, 1e-5)
+
+
 @pytest.mark.parametrize("processes,base", [(2, "llama3"), (4, "tiny")],
                          ids=["one-ring-llama3-base", "two-rings-sharded"])
-def test_fsdp2_ring_attention_trains_like_one_process(tiny_run, tmp_path, processes, base):
+def test_fsdp2_ring_attention_trains_like_one_process(tiny_run, llama3_base, tmp_path, processes, base):
     """The 70B recipe's layout: FSDP2 with context parallelism 2 (torch's ring attention, switched on by
     accelerate's ParallelismConfig and the Trainer's context-parallel step), one trace per process, gradient
     checkpointing. Each process of a ring holds a head and a tail chunk of every trace (torch's load balancer) and
@@ -482,14 +509,9 @@ def test_fsdp2_ring_attention_trains_like_one_process(tiny_run, tmp_path, proces
     base is shaped like the recipe's Llama-3.3-70B (Llama 3 RoPE scaling, untied head, no R1 tokens: 7 rows grown,
     and the second process builds it empty and is sent its shards). The curve, the real tokens, the trained model
     and the untrained baseline must equal one process accumulating the same 8 sequences a step."""
-    from safetensors.torch import load_file
-
-    from tests.test_student_base_model import _llama3_like_base
-
     recipe, new_run, single = tiny_run
-    student = []
-    if base == "llama3":
-        student = [f"student.base={_llama3_like_base(tmp_path / 'base')}", "student.chat_format=r1"]
+    student = llama3_base if base == "llama3" else []
+    if student:
         single = single_process(new_run, recipe, "llama3_single", student)
     run = new_run(f"ring_{processes}_{base}")
     manifest = launch(cpu_variant("configs/accelerate/fsdp2.yaml", tmp_path / "fsdp2.yaml", processes=processes),
@@ -499,11 +521,7 @@ def test_fsdp2_ring_attention_trains_like_one_process(tiny_run, tmp_path, proces
     assert settings["gradient_accumulation_steps"] == 16 // processes  # 1 trace x (processes / 2 rings) x acc = 8
     assert settings["added_tokens"] == (7 if base == "llama3" else 0)
     assert_same_curve(single, manifest, rel=1e-5)
-    for folder, tolerance in (("model", 1e-5), ("init", 0.0)):
-        ref = load_file(str(Path(single["inputs"]["kept"]).parent.parent / "student" / folder / "model.safetensors"))
-        got = load_file(str(run / "student" / folder / "model.safetensors"))
-        assert sorted(got) == sorted(ref)
-        assert max((ref[k].float() - got[k].float()).abs().max().item() for k in ref) <= tolerance
+    assert_same_model(single, run, 1e-5)
 
 
 def test_fsdp2_ring_attention_run_killed_mid_training_resumes_on_more_rings(tiny_run, tmp_path):
