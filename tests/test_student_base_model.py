@@ -170,8 +170,9 @@ def _llama3_like_base(folder):
     return folder
 
 
-def _trained_token_ids(cfg, tmp_path) -> tuple[list[int], object, object]:
-    """The first training example's token ids as TRL's SFTTrainer tokenizes it for ``cfg``'s student."""
+def _trained_token_ids(cfg, tmp_path) -> tuple[dict, list[int], tuple]:
+    """The first training example as TRL's SFTTrainer tokenizes it for ``cfg``'s student (input ids, labels), the
+    template's tokens for it, and the student (model, tokenizer)."""
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -183,7 +184,7 @@ def _trained_token_ids(cfg, tmp_path) -> tuple[list[int], object, object]:
     trainer = SFTTrainer(model=model, args=train.training_args(cfg, tmp_path / "out", tok, model),
                          train_dataset=Dataset.from_list(rows), processing_class=tok)
     template = tok(rows[0]["prompt"] + rows[0]["completion"], add_special_tokens=False)["input_ids"]
-    return trainer.train_dataset[0]["input_ids"], template, (model, tok)
+    return trainer.train_dataset[0], template, (model, tok)
 
 
 def test_llama3_base_trains_on_the_template_tokens_with_one_bos(tmp_path):
@@ -198,9 +199,15 @@ def test_llama3_base_trains_on_the_template_tokens_with_one_bos(tmp_path):
 
     base = _llama3_like_base(tmp_path / "base")
     cfg = tiny_student(max_steps=1).model_copy(update={"base": str(base), "init_config": None})
-    ids, template, (model, tok) = _trained_token_ids(cfg, tmp_path)
+    example, template, (model, tok) = _trained_token_ids(cfg, tmp_path)
+    ids = example["input_ids"]
     assert type(model).__name__ == "LlamaForCausalLM" and model.distill_build_info["stopped_automatic_bos"]
     assert ids == template and tok.convert_ids_to_tokens(ids[:2]) == ["<｜begin▁of▁sentence｜>", "<｜User｜>"]
+    # the loss covers the assistant turn after the pre-filled "<think>\n", up to and including R1's EOS
+    labels = example["labels"]
+    prompt = next(i for i, label in enumerate(labels) if label != -100)
+    assert set(labels[:prompt]) == {-100} and labels[prompt:] == ids[prompt:]
+    assert tok.decode(ids[:prompt]).endswith("<｜Assistant｜><think>\n")
     assert ids[-1] == tok.eos_token_id == model.generation_config.eos_token_id == tok.convert_tokens_to_ids(EOS)
     assert model.config.rope_parameters["rope_type"] == "llama3"
     reloaded = AutoTokenizer.from_pretrained(save_model(model, tok, tmp_path / "saved"))
@@ -222,7 +229,7 @@ def test_an_r1_tokenizer_adding_its_own_bos_trains_on_one(tmp_path):
     tok.save_pretrained(base)
     assert AutoTokenizer.from_pretrained(base).num_special_tokens_to_add(pair=False) == 1
     cfg = tiny_student(max_steps=1).model_copy(update={"base": str(base), "init_config": None})
-    ids, template, (model, _) = _trained_token_ids(cfg, tmp_path)
+    example, template, (model, _) = _trained_token_ids(cfg, tmp_path)
     info = model.distill_build_info
     assert info["chat_format"] == "tokenizer" and info["stopped_automatic_bos"]
-    assert ids == template
+    assert example["input_ids"] == template
