@@ -26,21 +26,28 @@ OFFICIAL_R1 = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' 
                "{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}")
 
 
-def _qwen_like_base(folder, template=CHATML, tie=False):
-    """A byte-level BPE with Qwen's specials and ChatML template, and a 4k-context Qwen2 model whose embedding
-    matrix has no spare rows (like Llama 3), saved like a Hub checkpoint."""
+def _bpe_on_traces(specials: list[str]):
+    """A byte-level BPE (``tokenizers.Tokenizer``) of 350 tokens trained here on the bundled traces, ``specials``
+    first: the tokenizer a Hub base would bring, without the Hub."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     from distill.student.miniature import kept_rows
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     texts = [r["problem"] + "\n" + r["reasoning"] for r in kept_rows(20)]
     bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=350, special_tokens=specials, show_progress=False,
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return bpe
+
+
+def _qwen_like_base(folder, template=CHATML, tie=False):
+    """A byte-level BPE with Qwen's specials and ChatML template, and a 4k-context Qwen2 model whose embedding
+    matrix has no spare rows (like Llama 3), saved like a Hub checkpoint."""
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    bpe = _bpe_on_traces(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
     tok.chat_template = template
@@ -137,18 +144,11 @@ def _llama3_like_base(folder):
     """Llama 3's shape of base: specials of its own, a tokenizer.json post-processor that prepends
     ``<|begin_of_text|>`` to every tokenized text, ``llama3`` RoPE scaling, an untied head, and a generation config
     that stops on a list of ids (as Llama-3.3-70B-Instruct's does)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from distill.student.miniature import kept_rows
-
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    texts = [r["problem"] + "\n" + r["reasoning"] for r in kept_rows(20)]
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=350, special_tokens=specials, show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe = _bpe_on_traces(["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                          "<|eot_id|>"])
     bos = ("<|begin_of_text|>", bpe.token_to_id("<|begin_of_text|>"))
     bpe.post_processor = processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B:1",
                                                        special_tokens=[bos])

@@ -178,8 +178,9 @@ def pad_to_multiple_of(t: TrainConfig) -> int | None:
 
     Why for the ring: torch balances the load only when the length divides into a head and a tail chunk per GPU
     (its head-tail balancer is skipped otherwise, silently: the GPU holding the tail then does ~3x the other's
-    attention at 2), and it shards an uneven length unevenly across the ring. A 32k trace has any length; padding
-    at the end is harmless under the causal mask (pad tokens come last and carry no loss)."""
+    attention at 2), and an odd length aborted the ring (measured: rank 1 SIGABRT on its first odd trace). A 32k
+    trace has any length; padding at the end is harmless under the causal mask (pad tokens come last and carry no
+    loss)."""
     split = t.parallel.split_unit()
     return t.pad_to_multiple_of or (split[0] if split else None)
 
