@@ -138,6 +138,28 @@ def student_train(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny"), s
     _run_stages(recipe, out, set_, force, ["train"])
 
 
+@student_app.command("plan")
+def student_plan(student: Annotated[str, typer.Argument(help="Student name in students/ or path to a student YAML.")],
+                 set_: Annotated[Optional[list[str]], typer.Option(
+                     "--set", "-s", help="Override a student key, e.g. --set train.max_length=16384.")] = None,
+                 gpu_memory_gib: Annotated[Optional[float], typer.Option(
+                     help="Memory of each GPU (default: the recipe's train.parallel.gpu_memory_gib).")] = None) -> None:
+    """Per-GPU memory of a student recipe before any GPU is rented: weights, gradients, optimizer, activations,
+    logits. Exits 1 when it does not fit."""
+    from .config import load_entry, parse_override
+    from .student.memory import GiB, base_config, layout_of, plan_memory, precision_of, suggestions
+
+    st = load_entry("student", student, [(*parse_override(text), text) for text in set_ or []])
+    layout, processes = layout_of(st)
+    plan = plan_memory(st, base_config(st), layout=layout, processes=processes, precision=precision_of(st, layout))
+    gpu = int((gpu_memory_gib or st.train.parallel.gpu_memory_gib) * GiB)
+    typer.echo(plan.summary(st))
+    typer.echo(plan.table(gpu))
+    if not plan.fits(gpu):
+        typer.echo(f"to fit: {suggestions(st, plan, gpu)}")
+        raise typer.Exit(1)
+
+
 @app.command("eval")
 def eval_cmd(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny"), set_: SetOpt = None,
              model: Annotated[Optional[str], typer.Option(help="Evaluate only this model folder or id.")] = None,

@@ -249,6 +249,10 @@ class ParallelSettings(Strict):
                                         "sdpa_varlen")
     context_parallel_size: int = Field(1, ge=1, description="FSDP2 ring attention (fsdp2 config only); "
                                        "incompatible with packing")
+    gpu_memory_gib: float = Field(79, gt=0, description="memory of each GPU the recipe is laid out for, in GiB as "
+                                  "torch reports it (an 80 GB H100: 79, a 141 GB H200: 139, a 24 GB card: 22); "
+                                  "`distill student plan` checks the recipe against it (the launch checks the "
+                                  "GPUs it finds)")
 
     @model_validator(mode="after")
     def _one_long_context_scheme(self) -> "ParallelSettings":

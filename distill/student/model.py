@@ -26,6 +26,7 @@ from ..hub_access import loadable_ref
 from .distributed import check_gpus, launcher_kind, receives_weights_from_main
 from .efficiency import resolve_attn_implementation, resolve_bf16, resolve_padding_free
 from .lora import is_peft_model, is_quantized, merge_lora, quantization_config
+from .memory import preflight
 from .template import prepare_chat_format
 
 ARCHITECTURES = {"qwen2": (Qwen2Config, "Qwen2ForCausalLM"), "llama": (LlamaConfig, "LlamaForCausalLM")}
@@ -131,6 +132,11 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 config = apply_config_overrides(AutoConfig.from_pretrained(ref), cfg)
+            memory_warning = preflight(cfg, config)  # before any weights load; refuses states that cannot fit
+            if memory_warning:
+                warnings.warn(memory_warning, RuntimeWarning, stacklevel=2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 if receives_weights_from_main():  # (no LoRA/QLoRA here: refused under FSDP above)
                     model = empty_model(config, dtype, attn)
                 else:

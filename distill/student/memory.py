@@ -1,0 +1,349 @@
+"""Per-GPU memory of a student recipe, before any weights load: what ``distill student plan`` prints and what the
+launch checks against the GPUs it finds.
+
+Why: out-of-memory at long context is the failure reasoning SFT users hit most (REFERENCE.md pitfall 4), and it
+comes late: a 70B recipe spends many minutes loading shards over 32 GPUs before its first step runs out. The
+arithmetic is cheap and mostly exact, so it is done up front, per GPU:
+
+- **states**: weights, gradients and AdamW moments, as each launcher lays them out: one process or DDP keep
+  everything (float32 master weights, model.weights_dtype; DDP adds its gradient buckets), ZeRO-2 shards the
+  optimizer and gradients, ZeRO-3 and FSDP2 also the weights (ZeRO paper's 2 + 2 + 12 bytes per parameter, over
+  the processes), LoRA freezes a bf16 base, QLoRA an NF4 one. Exact up to allocator slack.
+- **activations**: what autograd keeps for the backward pass, per layer and token, counted from the tensors the
+  transformers Qwen2/Llama layers save (tests/test_student_memory.py counts them with saved-tensor hooks on real
+  layers, in float32, bf16 autocast over float32 weights, and bf16), times the layers and the tokens each GPU
+  holds (sequence/context parallelism divides them). Gradient checkpointing keeps each layer's input instead and
+  recomputes one layer at a time. Liger's fused kernels keep less (their saved tensors, read from its source).
+- **logits**: without Liger's fused linear cross-entropy the loss keeps float32 logits (4 bytes x vocabulary per
+  token: 9.7 GiB for a 16k row of Qwen's 151,936 tokens) and its backward makes two more copies.
+
+Checked against one H200 (benchmarks/gpu_mfu.py, a Qwen2.5-1.5B-shaped step, bf16): 16k tokens plain SDPA
+measured 80.9 GB at peak, Liger 40.8 GB, 32k Liger with checkpointing 14.6 GB; this model gives 82.6, 42.5 and
+14.5 GB (tests/test_student_memory.py::test_plan_matches_the_h200_measurements). Not counted: the CUDA context
+(~0.5-1 GiB), NCCL buffers, allocator fragmentation, and tokens beyond max_length. So a plan reports *fits* only
+with a margin (``HEADROOM``), and the launch only refuses where the states alone cannot fit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import StudentConfig
+from ..errors import DistillError
+from .flops import Shape
+
+GiB = 1024 ** 3
+HEADROOM = 0.9  # a plan "fits" up to 90% of the GPU: the CUDA context, NCCL and fragmentation take the rest
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4 bits + double-quantised absmax (8 bits per 64, fp32 per 256 blocks)
+Layout = Literal["one GPU", "DDP", "ZeRO-2", "ZeRO-3", "FSDP2"]
+Precision = Literal["float32", "autocast", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class ModelCounts:
+    """What the states depend on, counted on the model itself (built on the meta device: no memory)."""
+    params: int  # all parameters, tied ones once
+    layer_linear: int  # weights of the decoder layers' nn.Linear modules (what QLoRA quantises, LoRA adapts)
+    layer_params: int  # one decoder layer (what FSDP2/ZeRO-3 gather at a time)
+    lora_params: int = 0  # the adapters a LoRA recipe adds
+    adapter_inputs: int = 0  # one layer's adapters: the sum of their input widths (each keeps its dropped-out input)
+    adapter_ranks: int = 0  # one layer's adapters: r x their number (each keeps its r-wide down-projection)
+
+
+def count_model(config: Any, lora: Any = None) -> ModelCounts:
+    """Count parameters on a meta-device model of ``config`` (real transformers classes; milliseconds for a 70B)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    layers = model.model.layers
+    targets = lora.target_modules if lora is not None and lora.enabled else None
+
+    def adapted(module: Any) -> list[Any]:
+        return [m for name, m in module.named_modules() if isinstance(m, torch.nn.Linear) and targets
+                and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)]
+
+    r = lora.r if targets else 0
+    return ModelCounts(params=sum(p.numel() for p in model.parameters()),
+                       layer_linear=sum(m.weight.numel() for m in layers.modules() if isinstance(m, torch.nn.Linear)),
+                       layer_params=sum(p.numel() for p in layers[0].parameters()),
+                       lora_params=sum(r * (m.in_features + m.out_features) for m in adapted(layers)),
+                       adapter_inputs=sum(m.in_features for m in adapted(layers[0])),
+                       adapter_ranks=r * len(adapted(layers[0])))
+
+
+def layer_bytes_per_token(s: Shape, precision: Precision, liger: bool = False) -> int:
+    """Bytes one decoder layer keeps for the backward pass per token, without checkpointing.
+
+    ``precision``: float32 (CPU), autocast (bf16 matmuls over float32 master weights: the residual stream stays
+    float32), bfloat16 (bf16 weights: DeepSpeed, FSDP2's mixed precision, LoRA bases). Counted from what the
+    layers save (the test checks it against saved-tensor hooks on real transformers layers):
+
+    - each RMSNorm keeps a float32 copy of its input, the normalised input (residual dtype) and a float32 inverse
+      RMS per token, and its output is
+      kept by the projections it feeds: once in float32/bf16, but under autocast each projection keeps its own
+      bf16 cast (3 for q/k/v, 2 for gate/up);
+    - attention keeps q, k, v and its output (compute dtype) and a float32 logsumexp per head;
+    - the SwiGLU MLP keeps gate, up, SiLU(gate) and their product: 4 x intermediate.
+
+    Liger's kernels (GPU only, read from liger-kernel 0.8's autograd functions): its RMSNorm keeps its input and
+    a float per token; its SwiGLU keeps gate and up, the down projection its input: 3 x intermediate."""
+    act = 4 if precision == "float32" else 2
+    resid = 2 if precision == "bfloat16" else 4
+    q, kv, h = s.heads * s.head_dim, s.kv_heads * s.head_dim, s.hidden
+    attention = act * (2 * q + 2 * kv) + 4 * s.heads
+    norm_inputs = (3 + 2) * 2 * h if precision == "autocast" else 2 * act * h  # what the projections keep
+    if liger:
+        return 2 * (resid * h + 4) + norm_inputs + attention + 3 * act * s.intermediate
+    return 2 * (4 * h + resid * h + 4) + norm_inputs + attention + 4 * act * s.intermediate
+
+
+@dataclass
+class MemoryPlan:
+    """Per-GPU bytes of one training step at ``tokens`` per GPU."""
+    layout: Layout
+    processes: int
+    tokens: int
+    params: int
+    precision: Precision
+    parts: dict[str, int] = field(default_factory=dict)  # states and activations, in the order printed
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def states(self) -> int:
+        return sum(v for k, v in self.parts.items() if k in STATE_PARTS)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def fits(self, gpu_bytes: int) -> bool:
+        return self.total <= HEADROOM * gpu_bytes
+
+    def summary(self, student: StudentConfig) -> str:
+        t = student.train
+        split = t.parallel.sequence_parallel_size * t.parallel.context_parallel_size
+        how = [self.precision] + (["Liger"] if t.use_liger_kernel else []) + (
+            ["gradient checkpointing"] if t.gradient_checkpointing else []) + (
+            [f"LoRA r{student.lora.r}" + (" on NF4" if student.lora.quantization == "nf4" else "")]
+            if student.lora.enabled else [])
+        return (f"{student.name}: {student.base or 'init_config'} ({self.params / 1e9:.2f}B parameters), "
+                f"{self.layout} over {self.processes} GPU(s), {self.tokens:,} tokens per GPU "
+                f"({t.per_device_train_batch_size} x {t.max_length:,}" + (f" / {split}" if split > 1 else "")
+                + f"), {', '.join(how)}")
+
+    def table(self, gpu_bytes: int | None = None) -> str:
+        rows = [f"{name:<28} {v / GiB:8.1f} GiB" for name, v in self.parts.items()]
+        rows.append(f"{'total per GPU':<28} {self.total / GiB:8.1f} GiB")
+        if gpu_bytes:
+            verdict = "fits" if self.fits(gpu_bytes) else "does NOT fit"
+            rows.append(f"{verdict} a GPU of {gpu_bytes / GiB:.0f} GiB (plans use up to {HEADROOM:.0%} of it)")
+        return "\n".join(rows)
+
+
+STATE_PARTS = ("weights", "bf16 weight copies", "gradients", "optimizer (AdamW)", "DDP gradient buckets",
+               "gathered layers (bf16)")
+
+
+def layout_of(student: StudentConfig, *, world: int | None = None, launcher: str | None = None,
+              zero_stage: int | None = None) -> tuple[Layout, int]:
+    """(layout, processes) for a recipe: from the running launch when given (``launcher`` as
+    distributed.launcher_kind says), else from the recipe's accelerate config and its nodes x GPUs."""
+    p = student.train.parallel
+    processes = world if world is not None else p.nodes * p.gpus_per_node
+    if launcher is None:
+        launcher, zero_stage = _accelerate_config_kind(p.accelerate_config)
+    if launcher == "deepspeed":
+        return ("ZeRO-3" if zero_stage == 3 else "ZeRO-2"), processes
+    if launcher == "fsdp":
+        return "FSDP2", processes
+    return ("DDP" if processes > 1 else "one GPU"), processes
+
+
+def _accelerate_config_kind(path: str | None) -> tuple[str | None, int | None]:
+    if not path:
+        return None, None
+    from ..catalog import resolve_path
+    from ..config import read_yaml
+
+    file = resolve_path(path)
+    if not Path(file).is_file():
+        raise DistillError("accelerate config not found", where=f"train.parallel.accelerate_config: {path}")
+    data = read_yaml(Path(file))
+    kind = {"DEEPSPEED": "deepspeed", "FSDP": "fsdp"}.get(str(data.get("distributed_type", "")).upper())
+    stage = (data.get("deepspeed_config") or {}).get("zero_stage")
+    return kind, (int(stage) if stage is not None else None)
+
+
+def precision_of(student: StudentConfig, layout: Layout) -> Precision:
+    """How the matmuls and the residual stream run on a bf16 GPU: as model.weights_dtype loads the weights, and
+    as FSDP2's bf16 mixed precision casts them per layer."""
+    from .efficiency import resolve_bf16
+
+    if not resolve_bf16(student.train.bf16, cuda=True, supported=True):
+        return "float32"
+    if student.dtype == "bfloat16" or student.lora.enabled or layout in ("ZeRO-2", "ZeRO-3", "FSDP2"):
+        return "bfloat16"
+    return "autocast"
+
+
+def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processes: int,
+                precision: Precision = "autocast", liger: bool | None = None) -> MemoryPlan:
+    """The per-GPU memory of ``student`` (its train settings) on ``config``'s architecture."""
+    t, lora = student.train, student.lora
+    counts = count_model(config, lora)
+    shape = Shape.of(config)
+    liger = bool(t.use_liger_kernel) if liger is None else liger
+    split = t.parallel.sequence_parallel_size * t.parallel.context_parallel_size
+    tokens = t.per_device_train_batch_size * t.max_length // split
+    plan = MemoryPlan(layout=layout, processes=processes, tokens=tokens, params=counts.params, precision=precision)
+    P, n = counts.params, max(processes, 1)
+    parts = plan.parts
+
+    if lora.enabled:
+        frozen_linear = counts.layer_linear
+        if lora.quantization == "nf4":
+            parts["weights"] = int(frozen_linear * NF4_BYTES + (P - frozen_linear) * 2)
+            plan.notes.append("QLoRA: decoder-layer linears in NF4, embeddings/head/norms bf16")
+        else:
+            parts["weights"] = 2 * P
+        # PEFT keeps the adapters in float32 (weights, gradients, AdamW moments); ZeRO-2 shards the last two
+        parts["weights"] += 4 * counts.lora_params
+        shard = n if layout == "ZeRO-2" else 1
+        parts["gradients"] = 4 * counts.lora_params // shard
+        parts["optimizer (AdamW)"] = 8 * counts.lora_params // shard
+    elif layout in ("one GPU", "DDP"):
+        master = 2 if precision == "bfloat16" else 4
+        parts["weights"] = master * P
+        if precision == "autocast":
+            parts["bf16 weight copies"] = 2 * P  # autocast's casts of each matmul weight, kept for the backward
+        parts["gradients"] = master * P
+        parts["optimizer (AdamW)"] = 2 * master * P
+        if layout == "DDP":
+            parts["DDP gradient buckets"] = master * P  # gradient_as_bucket_view off: a copy of every gradient
+    elif layout == "ZeRO-2":  # ZeRO paper: bf16 weights whole, bf16 gradients and 12 B of fp32 states sharded
+        parts["weights"] = 2 * P + 4 * P // n
+        parts["gradients"] = 2 * P // n + 2 * shape.hidden ** 2  # + the reduce bucket (hidden^2, transformers' auto)
+        parts["optimizer (AdamW)"] = 8 * P // n
+    else:  # ZeRO-3, FSDP2: everything sharded; two layers gathered in bf16 at a time (current + prefetched)
+        parts["weights"] = 4 * P // n + (2 * P // n if layout == "ZeRO-3" else 0)
+        parts["gradients"] = (2 if layout == "ZeRO-3" else 4) * P // n
+        parts["optimizer (AdamW)"] = 8 * P // n
+        gathered = 2 * counts.layer_params * 2 * 2  # weights and their gradients, two layers
+        if layout == "FSDP2":  # the root unit (embeddings, final norm, head) stays gathered through the step
+            gathered += 2 * (P - counts.layer_params * shape.layers)
+        parts["gathered layers (bf16)"] = gathered
+
+    per_layer = layer_bytes_per_token(shape, precision, liger)
+    if lora.enabled:  # PEFT: with dropout each adapter keeps its dropped-out input; each keeps its r-wide output
+        per_layer += 4 * counts.adapter_inputs * (lora.dropout > 0) + 8 * counts.adapter_ranks
+    resid = 2 if precision == "bfloat16" else 4
+    if t.gradient_checkpointing:
+        parts["activations (checkpoints)"] = shape.layers * tokens * shape.hidden * resid
+        parts["activations (one layer)"] = per_layer * tokens
+    else:
+        parts["activations"] = shape.layers * per_layer * tokens
+    if not liger:  # float32 logits kept by the loss, their gradient, and (bf16) the returned logits + their gradient
+        parts["logits (float32 + backward)"] = tokens * shape.vocab * (8 if precision == "float32" else 12)
+    return plan
+
+
+def suggestions(student: StudentConfig, plan: MemoryPlan, gpu_bytes: int) -> str:
+    """What to change, in recipe keys, for a plan that does not fit: for the states (shard them, more GPUs, LoRA)
+    and/or for the activations (checkpointing, Liger, a smaller micro-batch, splitting the sequence), whichever
+    is the larger part."""
+    t, p = student.train, student.train.parallel
+    activations = plan.total - plan.states
+    tips = []
+    if activations >= plan.states / 2:
+        if not t.gradient_checkpointing:
+            tips.append("train.gradient_checkpointing=true")
+        if not t.use_liger_kernel:
+            tips.append("train.use_liger_kernel=true (fused cross-entropy: no logits kept)")
+        if t.per_device_train_batch_size > 1:
+            tips.append("a smaller train.per_device_train_batch_size (global_batch_size keeps the batch)")
+        if plan.layout == "FSDP2":
+            tips.append(f"train.parallel.context_parallel_size={2 * p.context_parallel_size} (ring attention)")
+        elif plan.layout in ("ZeRO-2", "ZeRO-3"):
+            tips.append(f"train.parallel.sequence_parallel_size={2 * p.sequence_parallel_size} (Ulysses)")
+        tips.append(f"a shorter train.max_length (now {t.max_length})")
+    if plan.states >= activations / 2 or not tips:
+        if plan.layout in ("one GPU", "DDP", "ZeRO-2") and not student.lora.enabled:
+            tips.append("shard the weights too: train.parallel.accelerate_config=configs/accelerate/zero3.yaml")
+        elif plan.layout in ("ZeRO-3", "FSDP2"):
+            sharded = sum(plan.parts[k] for k in ("weights", "gradients", "optimizer (AdamW)"))
+            room = HEADROOM * gpu_bytes - (plan.total - sharded)
+            if room > 0:
+                processes = math.ceil(plan.processes * sharded / room)
+                tips.append(f"more GPUs to shard over: train.parallel.nodes="
+                            f"{math.ceil(processes / p.gpus_per_node)} (x {p.gpus_per_node} GPUs)")
+        if not student.lora.enabled:
+            tips.append("LoRA/QLoRA (lora.enabled, lora.quantization=nf4)")
+    return "; ".join(tips)
+
+
+def preflight(student: StudentConfig, config: Any, gpu_bytes: int | None = None) -> str | None:
+    """Check this launch (as accelerate set it up) before the weights load. Refuse where the states alone exceed
+    the GPU (certain out-of-memory, whatever the data); return a warning where the whole step is planned above
+    ``HEADROOM`` (activations are an estimate, and a run of short traces may still pass). None without a GPU."""
+    from .distributed import launcher_kind, world_size
+
+    gpu_bytes = gpu_memory_bytes() if gpu_bytes is None else gpu_bytes
+    if not gpu_bytes:
+        return None
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    layout, processes = layout_of(student, world=world_size(), launcher=launcher_kind(),
+                                  zero_stage=int(stage) if stage else None)
+    plan = plan_memory(student, config, layout=layout, processes=processes, precision=precision_of(student, layout))
+    if plan.states > gpu_bytes:
+        raise DistillError(f"the weights, gradients and optimizer alone need {plan.states / GiB:.1f} GiB per GPU "
+                           f"({layout} over {processes} process(es)) and this GPU has {gpu_bytes / GiB:.0f} GiB: "
+                           f"{suggestions(student, plan, gpu_bytes)}. `distill student plan` prints the breakdown",
+                           where="student.train.parallel")
+    if not plan.fits(gpu_bytes):
+        return (f"planned {plan.total / GiB:.1f} GiB per GPU at {plan.tokens} tokens ({layout}, "
+                f"{processes} process(es)) on a {gpu_bytes / GiB:.0f} GiB GPU: a long trace will likely run out of "
+                f"memory; consider {suggestions(student, plan, gpu_bytes)}")
+    return None
+
+
+def base_config(student: StudentConfig) -> Any:
+    """The student's architecture config, with the recipe's overrides: the base's own config.json where it can be
+    read here (a local folder, the Hugging Face cache), else the bundled fields of a known base (known_bases), else
+    the Hub; a student built from ``init_config`` needs its vocabulary size there."""
+    from transformers import AutoConfig
+
+    from ..catalog import model_ref
+    from ..hub_access import cached, loadable_ref
+    from .known_bases import known_config
+    from .model import ARCHITECTURES, apply_config_overrides
+
+    if student.base:
+        ref = model_ref(student.base)
+        if Path(ref).exists() or cached(ref):
+            config = AutoConfig.from_pretrained(ref, local_files_only=not Path(ref).exists())
+        else:
+            config = known_config(ref) or AutoConfig.from_pretrained(loadable_ref(ref))
+    elif student.init_config:
+        if "vocab_size" not in student.init_config:
+            raise DistillError("a student built from init_config takes its vocabulary from the run's teacher: set "
+                               "init_config.vocab_size to plan it", where=f"student '{student.name}'")
+        config = ARCHITECTURES[student.architecture][0](**student.init_config)
+    else:
+        raise DistillError("a student needs 'base' (model id or path) or 'init_config'",
+                           where=f"student '{student.name}'")
+    return apply_config_overrides(config, student)
+
+
+def gpu_memory_bytes() -> int | None:
+    """Total memory of this process's GPU, or None on a machine without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
