@@ -22,8 +22,8 @@ from distill.errors import DistillError
 from distill.student import memory
 from distill.student.flops import QWEN25_1_5B, Shape
 from distill.student.known_bases import CONFIGS, PUBLISHED_BILLIONS, known_config
-from distill.student.memory import (GiB, base_config, count_model, layer_bytes_per_token, layout_of, plan_memory,
-                                    precision_of)
+from distill.student.memory import (GiB, adapter_bytes_per_token, base_config, count_model, layer_bytes_per_token,
+                                    layout_of, plan_memory, precision_of)
 
 ARCHS = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
 SHAPES = {"gqa": dict(hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2,
@@ -98,9 +98,8 @@ def test_lora_adapter_activations_within_ten_percent(r, dropout):
         "qwen2", "bfloat16", SHAPES["gqa"],
         lambda m: get_peft_model(m, LoraConfig(r=r, lora_alpha=16, lora_dropout=dropout,
                                                target_modules="all-linear")))
-    counts = count_model(config, settings)
-    planned = (layer_bytes_per_token(Shape.of(config), "bfloat16") + 4 * counts.adapter_inputs * (dropout > 0)
-               + 8 * counts.adapter_ranks)
+    planned = (layer_bytes_per_token(Shape.of(config), "bfloat16")
+               + adapter_bytes_per_token(count_model(config, settings), settings))
     assert planned == pytest.approx(counted, rel=0.10)
 
 

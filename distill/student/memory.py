@@ -15,13 +15,16 @@ arithmetic is cheap and mostly exact, so it is done up front, per GPU:
   holds (sequence/context parallelism divides them). Gradient checkpointing keeps each layer's input instead and
   recomputes one layer at a time. Liger's fused kernels keep less (their saved tensors, read from its source).
 - **logits**: without Liger's fused linear cross-entropy the loss keeps float32 logits (4 bytes x vocabulary per
-  token: 9.7 GiB for a 16k row of Qwen's 151,936 tokens) and its backward makes two more copies.
+  token: 9.3 GiB for a 16k row of Qwen's 151,936 tokens); the backward adds their float32 gradient, and under bf16
+  the model's bf16 logits and their gradient: 12 bytes x vocabulary per token in all.
 
-Checked against one H200 (benchmarks/gpu_mfu.py, a Qwen2.5-1.5B-shaped step, bf16): 16k tokens plain SDPA
-measured 80.9 GB at peak, Liger 40.8 GB, 32k Liger with checkpointing 14.6 GB; this model gives 82.6, 42.5 and
-14.5 GB (tests/test_student_memory.py::test_plan_matches_the_h200_measurements). Not counted: the CUDA context
-(~0.5-1 GiB), NCCL buffers, allocator fragmentation, and tokens beyond max_length. So a plan reports *fits* only
-with a margin (``HEADROOM``), and the launch only refuses where the states alone cannot fit.
+Checked against one H200 (benchmarks/gpu_mfu.py, a Qwen2.5-1.5B-shaped step, bf16 weights, torch's peak
+allocation): 16k tokens with plain SDPA measured 80.9 GiB, with Liger 40.8 GiB, 32k with Liger and checkpointing
+14.6 GiB; the plan says 83.5, 42.8 and 16.4 GiB (tests/test_student_memory.py::
+test_plan_matches_the_h200_measurements; it counts gradients whole, as under gradient accumulation, which that
+benchmark does not use). Not counted: the CUDA context (~0.5-1 GiB), NCCL buffers, allocator fragmentation, and
+a GKD teacher's weights. So a plan reports *fits* only with a margin (``HEADROOM``), and the launch only refuses
+where the states alone cannot fit.
 """
 
 from __future__ import annotations
@@ -112,7 +115,6 @@ class MemoryPlan:
     params: int
     precision: Precision
     parts: dict[str, int] = field(default_factory=dict)  # states and activations, in the order printed
-    notes: list[str] = field(default_factory=list)
 
     @property
     def states(self) -> int:
@@ -192,13 +194,20 @@ def precision_of(student: StudentConfig, layout: Layout) -> Precision:
     return "autocast"
 
 
+def adapter_bytes_per_token(counts: ModelCounts, lora: Any) -> int:
+    """What one layer's LoRA adapters add to :func:`layer_bytes_per_token`: with dropout each keeps its dropped-out
+    input, and each keeps its r-wide output. Fitted to PEFT's saved tensors (within 10% on a bf16 base under
+    autocast, the test), not derived: PEFT casts each adapter's input its own way."""
+    return 4 * counts.adapter_inputs * (lora.dropout > 0) + 8 * counts.adapter_ranks
+
+
 def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processes: int,
-                precision: Precision = "autocast", liger: bool | None = None) -> MemoryPlan:
+                precision: Precision = "autocast") -> MemoryPlan:
     """The per-GPU memory of ``student`` (its train settings) on ``config``'s architecture."""
     t, lora = student.train, student.lora
     counts = count_model(config, lora)
     shape = Shape.of(config)
-    liger = bool(t.use_liger_kernel) if liger is None else liger
+    liger = bool(t.use_liger_kernel)
     split = t.parallel.sequence_parallel_size * t.parallel.context_parallel_size
     tokens = t.per_device_train_batch_size * t.max_length // split
     plan = MemoryPlan(layout=layout, processes=processes, tokens=tokens, params=counts.params, precision=precision)
@@ -208,8 +217,7 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
     if lora.enabled:
         frozen_linear = counts.layer_linear
         if lora.quantization == "nf4":
-            parts["weights"] = int(frozen_linear * NF4_BYTES + (P - frozen_linear) * 2)
-            plan.notes.append("QLoRA: decoder-layer linears in NF4, embeddings/head/norms bf16")
+            parts["weights"] = int(frozen_linear * NF4_BYTES + (P - frozen_linear) * 2)  # embeddings, head: bf16
         else:
             parts["weights"] = 2 * P
         # PEFT keeps the adapters in float32 (weights, gradients, AdamW moments); ZeRO-2 shards the last two
@@ -240,8 +248,8 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
         parts["gathered layers (bf16)"] = gathered
 
     per_layer = layer_bytes_per_token(shape, precision, liger)
-    if lora.enabled:  # PEFT: with dropout each adapter keeps its dropped-out input; each keeps its r-wide output
-        per_layer += 4 * counts.adapter_inputs * (lora.dropout > 0) + 8 * counts.adapter_ranks
+    if lora.enabled:
+        per_layer += adapter_bytes_per_token(counts, lora)
     resid = 2 if precision == "bfloat16" else 4
     if t.gradient_checkpointing:
         parts["activations (checkpoints)"] = shape.layers * tokens * shape.hidden * resid
