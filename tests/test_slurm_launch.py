@@ -78,11 +78,13 @@ def test_sbatch_script_trains_over_two_nodes(tmp_path, layout):
         (site / "sitecustomize.py").write_text("import tests.fsdp_on_cpu  # noqa: F401\n")
         env["PYTHONPATH"] = f"{site}{os.pathsep}{env['PYTHONPATH']}"
     env.pop("HF_HUB_OFFLINE", None)
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_train.sbatch"), str(recipe), str(run), str(config),
+    # the config given both ways the script takes it: as its third argument, or as a --set of the recipe's key
+    how = [str(config)] if layout == "zero3" else ["--set", f"student.train.parallel.accelerate_config={config}"]
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_train.sbatch"), str(recipe), str(run), *how,
                            "--set", "student.train.save_steps=2"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "nodes=2 gpus/node=1" in proc.stdout
+    assert "nodes=2 gpus/node=1" in proc.stdout and f"config={config} " in proc.stdout
 
     manifest = json.loads((run / "student" / "manifest.json").read_text())
     settings = manifest["metrics"]["settings"]

@@ -178,6 +178,9 @@ def test_every_shipped_recipe_fits_the_gpus_it_states(ref):
     ("r1-distill-llama-70b-qlora", ["train.max_length=8192"], 79),  # "or one 80 GB H100 at 8k"
     ("r1-distill-qwen-7b-qlora", ["train.max_length=32768"], 79),  # "raise max_length to 32k on an 80 GB card"
     ("r1-distill-llama-8b-qlora", ["train.max_length=32768"], 79),  # "32k on 80 GB"
+    ("r1-distill-qwen-32b", ["train.max_length=16384", "train.parallel.nodes=1",  # Sky-T1's run, offloaded
+                             "train.parallel.sequence_parallel_size=1",
+                             "train.parallel.accelerate_config=configs/accelerate/zero3_offload.yaml"], 79),
 ])
 def test_the_alternatives_recipe_comments_promise_fit(ref, overrides, gib):
     _, plan = _plan(ref, overrides)
@@ -191,6 +194,11 @@ def test_layouts_that_cannot_fit_are_caught():
     _, one_node_32b = _plan("r1-distill-qwen-32b", ["train.max_length=16384", "train.parallel.nodes=1",
                                                     "train.parallel.sequence_parallel_size=1"])
     assert one_node_32b.states > 60 * GiB and not one_node_32b.fits(79 * GiB)
+    _, offloaded = _plan("r1-distill-qwen-32b", ["train.max_length=16384", "train.parallel.nodes=1",
+                                                 "train.parallel.sequence_parallel_size=1", "train.parallel."
+                                                 "accelerate_config=configs/accelerate/zero3_offload.yaml"])
+    assert offloaded.layout == "ZeRO-3 offload" and "optimizer (AdamW)" not in offloaded.parts
+    assert offloaded.host_per_node == 16 * offloaded.params // 8 * 8  # fp32 masters, gradients, moments
     _, unchecked = _plan("r1-distill-qwen-1.5b", ["train.gradient_checkpointing=false"])
     assert unchecked.states < 10 * GiB and not unchecked.fits(79 * GiB)  # 2 x 32k tokens of activations
 

@@ -138,6 +138,16 @@ def test_zero3_two_processes_train_like_one(tiny_run, tmp_path):
     assert all(init[k].equal(base[k]) for k in base if k in init)
 
 
+def test_zero3_with_the_optimizer_offloaded_trains_like_one_process(tiny_run, tmp_path):
+    """Sky-T1's one-node 32B layout (configs/accelerate/zero3_offload.yaml): the float32 masters and AdamW moments
+    live in host memory and DeepSpeedCPUAdam steps them (built on first use, ~1 min); the curve is one process's."""
+    recipe, new_run, single = tiny_run
+    manifest = launch(cpu_variant("configs/accelerate/zero3_offload.yaml", tmp_path / "offload.yaml"), recipe,
+                      new_run("zero3_offload"))
+    assert manifest["metrics"]["settings"]["sharding"] == "zero-3 + optimizer offloaded (DeepSpeedCPUAdam)"
+    assert_same_curve(single, manifest, rel=1e-4)
+
+
 def single_process_exit(run: Path, recipe: Path, overrides: list[str]) -> int:
     """The exit status of ``python -m distill.student.launch`` in this process (one process, no DeepSpeed)."""
     from distill.student.launch import main

@@ -8,7 +8,8 @@ arithmetic is cheap and mostly exact, so it is done up front, per GPU:
 - **states**: weights, gradients and AdamW moments, as each launcher lays them out: one process or DDP keep
   everything (float32 master weights, model.weights_dtype; DDP adds its gradient buckets), ZeRO-2 shards the
   optimizer and gradients, ZeRO-3 and FSDP2 also the weights (ZeRO paper's 2 + 2 + 12 bytes per parameter, over
-  the processes), LoRA freezes a bf16 base, QLoRA an NF4 one. Exact up to allocator slack.
+  the processes), ZeRO-3 offload moves the float32 part to host memory, LoRA freezes a bf16 base, QLoRA an NF4
+  one. Exact up to allocator slack.
 - **activations**: what autograd keeps for the backward pass, per layer and token, counted from the tensors the
   transformers Qwen2/Llama layers save (tests/test_student_memory.py counts them with saved-tensor hooks on real
   layers, in float32, bf16 autocast over float32 weights, and bf16), times the layers and the tokens each GPU
@@ -42,7 +43,8 @@ from .flops import Shape
 GiB = 1024 ** 3
 HEADROOM = 0.9  # a plan "fits" up to 90% of the GPU: the CUDA context, NCCL and fragmentation take the rest
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4 bits + double-quantised absmax (8 bits per 64, fp32 per 256 blocks)
-Layout = Literal["one GPU", "DDP", "ZeRO-2", "ZeRO-3", "FSDP2"]
+Layout = Literal["one GPU", "DDP", "ZeRO-2", "ZeRO-3", "ZeRO-3 offload", "FSDP2"]
+SHARDED = ("ZeRO-3", "ZeRO-3 offload", "FSDP2")  # layouts that shard the weights too
 Precision = Literal["float32", "autocast", "bfloat16"]
 
 
@@ -115,6 +117,7 @@ class MemoryPlan:
     params: int
     precision: Precision
     parts: dict[str, int] = field(default_factory=dict)  # states and activations, in the order printed
+    host_per_node: int = 0  # what an offloading layout keeps in each node's RAM instead
 
     @property
     def states(self) -> int:
@@ -145,6 +148,8 @@ class MemoryPlan:
         if gpu_bytes:
             verdict = "fits" if self.fits(gpu_bytes) else "does NOT fit"
             rows.append(f"{verdict} a GPU of {gpu_bytes / GiB:.0f} GiB (plans use up to {HEADROOM:.0%} of it)")
+        if self.host_per_node:
+            rows.append(f"{'host memory per node':<28} {self.host_per_node / GiB:8.1f} GiB (offloaded optimizer)")
         return "\n".join(rows)
 
 
@@ -153,23 +158,26 @@ STATE_PARTS = ("weights", "bf16 weight copies", "gradients", "optimizer (AdamW)"
 
 
 def layout_of(student: StudentConfig, *, world: int | None = None, launcher: str | None = None,
-              zero_stage: int | None = None) -> tuple[Layout, int]:
+              zero_stage: int | None = None, offload: bool = False) -> tuple[Layout, int]:
     """(layout, processes) for a recipe: from the running launch when given (``launcher`` as
     distributed.launcher_kind says), else from the recipe's accelerate config and its nodes x GPUs."""
     p = student.train.parallel
     processes = world if world is not None else p.nodes * p.gpus_per_node
     if launcher is None:
-        launcher, zero_stage = _accelerate_config_kind(p.accelerate_config)
+        launcher, zero_stage, offload = _accelerate_config_kind(p.accelerate_config)
     if launcher == "deepspeed":
-        return ("ZeRO-3" if zero_stage == 3 else "ZeRO-2"), processes
+        if zero_stage == 3:
+            return ("ZeRO-3 offload" if offload else "ZeRO-3"), processes
+        return "ZeRO-2", processes
     if launcher == "fsdp":
         return "FSDP2", processes
     return ("DDP" if processes > 1 else "one GPU"), processes
 
 
-def _accelerate_config_kind(path: str | None) -> tuple[str | None, int | None]:
+def _accelerate_config_kind(path: str | None) -> tuple[str | None, int | None, bool]:
+    """(launcher, ZeRO stage, optimizer offloaded) as an accelerate config file sets them up."""
     if not path:
-        return None, None
+        return None, None, False
     from ..catalog import resolve_path
     from ..config import read_yaml
 
@@ -178,8 +186,10 @@ def _accelerate_config_kind(path: str | None) -> tuple[str | None, int | None]:
         raise DistillError("accelerate config not found", where=f"train.parallel.accelerate_config: {path}")
     data = read_yaml(Path(file))
     kind = {"DEEPSPEED": "deepspeed", "FSDP": "fsdp"}.get(str(data.get("distributed_type", "")).upper())
-    stage = (data.get("deepspeed_config") or {}).get("zero_stage")
-    return kind, (int(stage) if stage is not None else None)
+    deepspeed = data.get("deepspeed_config") or {}
+    stage = deepspeed.get("zero_stage")
+    return (kind, int(stage) if stage is not None else None,
+            str(deepspeed.get("offload_optimizer_device", "none")).lower() in ("cpu", "nvme"))
 
 
 def precision_of(student: StudentConfig, layout: Layout) -> Precision:
@@ -189,7 +199,7 @@ def precision_of(student: StudentConfig, layout: Layout) -> Precision:
 
     if not resolve_bf16(student.train.bf16, cuda=True, supported=True):
         return "float32"
-    if student.dtype == "bfloat16" or student.lora.enabled or layout in ("ZeRO-2", "ZeRO-3", "FSDP2"):
+    if student.dtype == "bfloat16" or student.lora.enabled or layout == "ZeRO-2" or layout in SHARDED:
         return "bfloat16"
     return "autocast"
 
@@ -238,10 +248,15 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
         parts["weights"] = 2 * P + 4 * P // n
         parts["gradients"] = 2 * P // n + 2 * shape.hidden ** 2  # + the reduce bucket (hidden^2, transformers' auto)
         parts["optimizer (AdamW)"] = 8 * P // n
-    else:  # ZeRO-3, FSDP2: everything sharded; two layers gathered in bf16 at a time (current + prefetched)
+    elif layout == "ZeRO-3 offload":  # bf16 weight and gradient shards on the GPU; fp32 masters, fp32 gradients
+        parts["weights"] = 2 * P // n  # and AdamW moments in host memory, stepped there by DeepSpeedCPUAdam
+        parts["gradients"] = 2 * P // n
+        plan.host_per_node = (4 + 4 + 8) * P // n * t.parallel.gpus_per_node
+    else:  # ZeRO-3, FSDP2: everything sharded
         parts["weights"] = 4 * P // n + (2 * P // n if layout == "ZeRO-3" else 0)
         parts["gradients"] = (2 if layout == "ZeRO-3" else 4) * P // n
         parts["optimizer (AdamW)"] = 8 * P // n
+    if layout in SHARDED:  # two layers gathered in bf16 at a time (current + prefetched)
         gathered = 2 * counts.layer_params * 2 * 2  # weights and their gradients, two layers
         if layout == "FSDP2":  # the root unit (embeddings, final norm, head) stays gathered through the step
             gathered += 2 * (P - counts.layer_params * shape.layers)
@@ -277,19 +292,22 @@ def suggestions(student: StudentConfig, plan: MemoryPlan, gpu_bytes: int) -> str
             tips.append("a smaller train.per_device_train_batch_size (global_batch_size keeps the batch)")
         if plan.layout == "FSDP2":
             tips.append(f"train.parallel.context_parallel_size={2 * p.context_parallel_size} (ring attention)")
-        elif plan.layout in ("ZeRO-2", "ZeRO-3"):
+        elif plan.layout.startswith("ZeRO"):
             tips.append(f"train.parallel.sequence_parallel_size={2 * p.sequence_parallel_size} (Ulysses)")
         tips.append(f"a shorter train.max_length (now {t.max_length})")
     if plan.states >= activations / 2 or not tips:
         if plan.layout in ("one GPU", "DDP", "ZeRO-2") and not student.lora.enabled:
             tips.append("shard the weights too: train.parallel.accelerate_config=configs/accelerate/zero3.yaml")
-        elif plan.layout in ("ZeRO-3", "FSDP2"):
-            sharded = sum(plan.parts[k] for k in ("weights", "gradients", "optimizer (AdamW)"))
+        elif plan.layout in SHARDED:
+            sharded = sum(plan.parts.get(k, 0) for k in ("weights", "gradients", "optimizer (AdamW)"))
             room = HEADROOM * gpu_bytes - (plan.total - sharded)
             if room > 0:
                 processes = math.ceil(plan.processes * sharded / room)
                 tips.append(f"more GPUs to shard over: train.parallel.nodes="
                             f"{math.ceil(processes / p.gpus_per_node)} (x {p.gpus_per_node} GPUs)")
+        if plan.layout == "ZeRO-3":
+            tips.append("the optimizer in host memory: train.parallel.accelerate_config="
+                        "configs/accelerate/zero3_offload.yaml")
         if not student.lora.enabled:
             tips.append("LoRA/QLoRA (lora.enabled, lora.quantization=nf4)")
     return "; ".join(tips)
@@ -305,8 +323,9 @@ def preflight(student: StudentConfig, config: Any, gpu_bytes: int | None = None)
     if not gpu_bytes:
         return None
     stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    offload = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() in ("cpu", "nvme")
     layout, processes = layout_of(student, world=world_size(), launcher=launcher_kind(),
-                                  zero_stage=int(stage) if stage else None)
+                                  zero_stage=int(stage) if stage else None, offload=offload)
     plan = plan_memory(student, config, layout=layout, processes=processes, precision=precision_of(student, layout))
     if plan.states > gpu_bytes:
         raise DistillError(f"the weights, gradients and optimizer alone need {plan.states / GiB:.1f} GiB per GPU "

@@ -362,6 +362,9 @@ def sharding(trainer: Any) -> str:
     run says what it did, not what its config asked for."""
     if getattr(trainer, "is_deepspeed_enabled", False):
         layout = f"zero-{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+        engine = getattr(trainer, "model_wrapped", None)
+        if getattr(engine, "zero_cpu_offload", lambda: False)():
+            layout += f" + optimizer offloaded ({type(engine.basic_optimizer).__name__})"
     elif getattr(trainer, "is_fsdp_enabled", False):
         from torch.distributed.fsdp import FSDPModule
 
