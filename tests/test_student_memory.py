@@ -258,6 +258,20 @@ def test_launch_warns_when_activations_would_not_fit(local_base, monkeypatch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         built, _ = model_module.build_student(student, teacher_model=local_base)
-    assert built is not None
+    assert built.distill_build_info["planned_gib_per_gpu"] == round(plan.total / GiB, 2)  # kept in the run's settings
     assert any("a long trace will likely run out of memory" in str(w.message) and
                "train.gradient_checkpointing=true" in str(w.message) for w in caught)
+
+
+def test_a_student_built_from_its_config_is_planned_too(monkeypatch):
+    """The demo's student (init_config, its vocabulary from the teacher's tokenizer): on a GPU its plan is kept in
+    the run's settings too, so the demo on a GPU shows plan against peak."""
+    from distill.student.model import build_student
+
+    monkeypatch.setattr(memory, "gpu_memory_bytes", lambda: 79 * GiB)
+    student = load_entry("student", "tiny-arith-student")
+    built, tokenizer = build_student(student, teacher_model=load_entry("teacher", "tiny-arith").model)
+    vocab_rows = built.get_input_embeddings().weight.shape[0]
+    planned = plan_memory(student, built.config, layout="one GPU", processes=1, precision="autocast")
+    assert vocab_rows == len(tokenizer) and planned.params == sum(p.numel() for p in built.parameters())
+    assert built.distill_build_info["planned_gib_per_gpu"] == round(planned.total / GiB, 2) > 0

@@ -313,15 +313,16 @@ def suggestions(student: StudentConfig, plan: MemoryPlan, gpu_bytes: int) -> str
     return "; ".join(tips)
 
 
-def preflight(student: StudentConfig, config: Any, gpu_bytes: int | None = None) -> str | None:
-    """Check this launch (as accelerate set it up) before the weights load. Refuse where the states alone exceed
-    the GPU (certain out-of-memory, whatever the data); return a warning where the whole step is planned above
-    ``HEADROOM`` (activations are an estimate, and a run of short traces may still pass). None without a GPU."""
+def preflight(student: StudentConfig, config: Any,
+              gpu_bytes: int | None = None) -> tuple[MemoryPlan | None, str | None]:
+    """Plan this launch (as accelerate set it up) before the weights load: (plan, warning); (None, None) without a
+    GPU. Refuse where the states alone exceed the GPU (certain out-of-memory, whatever the data); warn where the
+    whole step is planned above ``HEADROOM`` (activations are an estimate, and a run of short traces may pass)."""
     from .distributed import launcher_kind, world_size
 
     gpu_bytes = gpu_memory_bytes() if gpu_bytes is None else gpu_bytes
     if not gpu_bytes:
-        return None
+        return None, None
     stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     offload = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() in ("cpu", "nvme")
     layout, processes = layout_of(student, world=world_size(), launcher=launcher_kind(),
@@ -333,10 +334,10 @@ def preflight(student: StudentConfig, config: Any, gpu_bytes: int | None = None)
                            f"{suggestions(student, plan, gpu_bytes)}. `distill student plan` prints the breakdown",
                            where="student.train.parallel")
     if not plan.fits(gpu_bytes):
-        return (f"planned {plan.total / GiB:.1f} GiB per GPU at {plan.tokens} tokens ({layout}, "
-                f"{processes} process(es)) on a {gpu_bytes / GiB:.0f} GiB GPU: a long trace will likely run out of "
-                f"memory; consider {suggestions(student, plan, gpu_bytes)}")
-    return None
+        return plan, (f"planned {plan.total / GiB:.1f} GiB per GPU at {plan.tokens} tokens ({layout}, "
+                      f"{processes} process(es)) on a {gpu_bytes / GiB:.0f} GiB GPU: a long trace will likely run "
+                      f"out of memory; consider {suggestions(student, plan, gpu_bytes)}")
+    return plan, None
 
 
 def base_config(student: StudentConfig) -> Any:
@@ -365,6 +366,14 @@ def base_config(student: StudentConfig) -> Any:
         raise DistillError("a student needs 'base' (model id or path) or 'init_config'",
                            where=f"student '{student.name}'")
     return apply_config_overrides(config, student)
+
+
+def peak_gpu_gib() -> float | None:
+    """This process's peak GPU allocation so far (torch's max_memory_allocated), in GiB; None without CUDA. Kept in
+    the run's metrics beside the plan (settings.planned_gib_per_gpu), so every GPU run shows how close it came."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / GiB, 2) if torch.cuda.is_available() else None
 
 
 def gpu_memory_bytes() -> int | None:

@@ -26,7 +26,7 @@ from ..hub_access import loadable_ref
 from .distributed import check_gpus, launcher_kind, receives_weights_from_main
 from .efficiency import resolve_attn_implementation, resolve_bf16, resolve_padding_free
 from .lora import is_peft_model, is_quantized, merge_lora, quantization_config
-from .memory import preflight
+from .memory import GiB, preflight
 from .template import prepare_chat_format
 
 ARCHITECTURES = {"qwen2": (Qwen2Config, "Qwen2ForCausalLM"), "llama": (LlamaConfig, "LlamaForCausalLM")}
@@ -132,9 +132,7 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 config = apply_config_overrides(AutoConfig.from_pretrained(ref), cfg)
-            memory_warning = preflight(cfg, config)  # before any weights load; refuses states that cannot fit
-            if memory_warning:
-                warnings.warn(memory_warning, RuntimeWarning, stacklevel=2)
+            planned = plan_or_refuse(cfg, config)  # before any weights load
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if receives_weights_from_main():  # (no LoRA/QLoRA here: refused under FSDP above)
@@ -161,6 +159,7 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
         except TypeError as exc:
             raise DistillError(f"invalid init_config: {exc}", where=where) from None
         apply_config_overrides(config, cfg)
+        planned = plan_or_refuse(cfg, config)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
     else:
         raise DistillError("a student needs 'base' (model id or path) or 'init_config'", where=where)
@@ -168,8 +167,17 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
         tokenizer.model_max_length = cfg.max_position_embeddings
     align_eos(model, tokenizer)
     model.distill_build_info = {"attn_implementation": attn, "weights_dtype": str(dtype).removeprefix("torch."),
-                               **info}
+                               **info, **planned}
     return model, tokenizer
+
+
+def plan_or_refuse(cfg: StudentConfig, config: Any) -> dict[str, float]:
+    """On a GPU, the memory plan of this launch (memory.preflight): refuses states that cannot fit, warns about
+    activations that would not; the planned GiB per GPU go into the run's settings beside the measured peak."""
+    plan, warning = preflight(cfg, config)
+    if warning:
+        warnings.warn(warning, RuntimeWarning, stacklevel=3)
+    return {"planned_gib_per_gpu": round(plan.total / GiB, 2)} if plan else {}
 
 
 def align_eos(model: Any, tokenizer: Any, sampling: SamplingConfig | None = None) -> None:

@@ -34,6 +34,7 @@ from .efficiency import (liger_provider, resolve_attn_implementation, resolve_bf
                          resolve_padding_free, resolve_report_to)
 from .lora import (is_peft_model, is_quantized, let_fused_head_read_token_rows, merge_adapter_folder,
                    peft_config, token_row_layers)
+from .memory import peak_gpu_gib
 from .model import align_eos, publish_dtype, save_model
 
 
@@ -349,7 +350,7 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             "tokens": tokens, "tokens_per_s": round(tokens / max(seconds, 1e-6)) if tokens else None,
             "loss_curve": [(h["step"], h["loss"]) for h in history],
             "lr_curve": [(h["step"], h["learning_rate"]) for h in history if "learning_rate" in h],
-            "trainable_parameters": trainable,
+            "trainable_parameters": trainable, "gpu_peak_gib": peak_gpu_gib(),
             "settings": {**settings, "distill_method": t.distill_method, "sharding": sharding(trainer),
                          "lora": cfg.lora.enabled, **getattr(model, "distill_build_info", {})}}
 
