@@ -125,7 +125,7 @@ def measure(tokens: int, docs: int, steps: int, warmup: int, checkpointing: bool
             "tokens": tokens, "docs": docs, "seconds_per_step": round(seconds, 4),
             "tokens_per_s": round(tokens / seconds), "model_tflops_per_s": round(flops / seconds / 1e12, 1),
             "mfu": round(mfu(flops, seconds, peak), 4), "hfu": round(mfu(hw, seconds, peak), 4),
-            "peak_tflops": peak, "max_memory_gb": round(memory, 1)}
+            "peak_tflops": peak, "max_memory_gib": round(memory, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     res = measure(a.tokens, a.docs, a.steps, a.warmup, a.gradient_checkpointing, a.attn, a.peak_tflops, a.liger,
                   a.sdpa_backend)
     print(f"MFU {res['mfu'] * 100:.1f}% of {a.peak_tflops:.0f} TFLOPS ({res['model_tflops_per_s']} TFLOPS, "
-          f"{res['tokens_per_s']} tokens/s, {res['seconds_per_step']} s/step, {res['max_memory_gb']} GB)")
+          f"{res['tokens_per_s']} tokens/s, {res['seconds_per_step']} s/step, {res['max_memory_gib']} GiB)")
     print(json.dumps(res))
 
 
