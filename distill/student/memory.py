@@ -90,14 +90,13 @@ def layer_bytes_per_token(s: Shape, precision: Precision, liger: bool = False) -
     layers save (the test checks it against saved-tensor hooks on real transformers layers):
 
     - each RMSNorm keeps a float32 copy of its input, the normalised input (residual dtype) and a float32 inverse
-      RMS per token, and its output is
-      kept by the projections it feeds: once in float32/bf16, but under autocast each projection keeps its own
-      bf16 cast (3 for q/k/v, 2 for gate/up);
+      RMS per token, and its output is kept by the projections it feeds: once in float32/bf16, but under
+      autocast each projection keeps its own bf16 cast (3 for q/k/v, 2 for gate/up);
     - attention keeps q, k, v and its output (compute dtype) and a float32 logsumexp per head;
     - the SwiGLU MLP keeps gate, up, SiLU(gate) and their product: 4 x intermediate.
 
-    Liger's kernels (GPU only, read from liger-kernel 0.8's autograd functions): its RMSNorm keeps its input and
-    a float per token; its SwiGLU keeps gate and up, the down projection its input: 3 x intermediate."""
+    Liger's kernels (GPU only, read from liger-kernel's autograd functions): its RMSNorm keeps its input and a
+    float per token; its SwiGLU keeps gate and up, the down projection its input: 3 x intermediate."""
     act = 4 if precision == "float32" else 2
     resid = 2 if precision == "bfloat16" else 4
     q, kv, h = s.heads * s.head_dim, s.kv_heads * s.head_dim, s.hidden
