@@ -19,7 +19,8 @@
 #
 # Usage (repo root, GPU machine): OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh
 # Python packages the machine lacks can come as wheels in .whl/ (installed into /tmp/site, put first on PYTHONPATH).
-# Results: OUT/log (everything), OUT/mfu.jsonl, OUT/report.json, OUT/*manifest.json (metrics and settings).
+# Results: OUT/log (everything), OUT/mfu.jsonl, OUT/report.json, OUT/*manifest.json (metrics and settings; each
+# training manifest also holds the memory plan, settings.planned_gib_per_gpu, beside the peak, gpu_peak_gib).
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 RUN=${RUN:-.gpu/run}

@@ -187,6 +187,16 @@ def test_the_alternatives_recipe_comments_promise_fit(ref, overrides, gib):
     assert plan.fits(gib * GiB), plan.table()
 
 
+@pytest.mark.parametrize("config,layout", [("single_gpu", "one GPU"), ("ddp", "DDP"), ("zero2", "ZeRO-2"),
+                                           ("zero3", "ZeRO-3"), ("zero3_offload", "ZeRO-3 offload"),
+                                           ("fsdp2", "FSDP2")])
+def test_each_shipped_accelerate_config_is_planned_as_the_layout_it_launches(config, layout):
+    gpus = 1 if config == "single_gpu" else 8
+    student = StudentConfig(base="x", train=dict(parallel=dict(
+        accelerate_config=f"configs/accelerate/{config}.yaml", gpus_per_node=gpus)))
+    assert layout_of(student) == (layout, gpus)
+
+
 def test_layouts_that_cannot_fit_are_caught():
     _, one_node_70b = _plan("r1-distill-llama-70b", ["train.parallel.nodes=1"])
     assert one_node_70b.states > 79 * GiB  # 1.1 TB of states over 8 GPUs

@@ -156,6 +156,9 @@ def _worker(base: str, out: str) -> None:
         if rank == 0:
             torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, Path(out) / "gathered.pt")
     torch.distributed.barrier()
+    # leave the group before the interpreter tears down: in one full-suite run rank 1 aborted at exit
+    # with "terminate called without an active exception", after everything was written
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":  # a torchrun worker
