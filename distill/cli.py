@@ -147,11 +147,10 @@ def student_plan(student: Annotated[str, typer.Argument(help="Student name in st
     """Per-GPU memory of a student recipe before any GPU is rented: weights, gradients, optimizer, activations,
     logits. Exits 1 when it does not fit."""
     from .config import load_entry, parse_override
-    from .student.memory import GiB, base_config, layout_of, plan_memory, precision_of, suggestions
+    from .student.memory import GiB, plan_recipe, suggestions
 
     st = load_entry("student", student, [(*parse_override(text), text) for text in set_ or []])
-    layout, processes = layout_of(st)
-    plan = plan_memory(st, base_config(st), layout=layout, processes=processes, precision=precision_of(st, layout))
+    plan = plan_recipe(st)
     gpu = int((gpu_memory_gib or st.train.parallel.gpu_memory_gib) * GiB)
     typer.echo(plan.summary(st))
     typer.echo(plan.table(gpu))

@@ -23,7 +23,7 @@ from distill.student import memory
 from distill.student.flops import QWEN25_1_5B, Shape
 from distill.student.known_bases import CONFIGS, PUBLISHED_BILLIONS, known_config
 from distill.student.memory import (GiB, adapter_bytes_per_token, base_config, count_model, layer_bytes_per_token,
-                                    layout_of, plan_memory, precision_of)
+                                    layout_of, plan_memory, plan_recipe)
 
 ARCHS = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
 SHAPES = {"gqa": dict(hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2,
@@ -160,9 +160,7 @@ def test_plan_matches_the_h200_measurements(tokens, liger, checkpointing, measur
 
 def _plan(ref: str, overrides: list[str] = ()):
     student = load_entry("student", ref, [(*parse_override(text), text) for text in overrides])
-    layout, processes = layout_of(student)
-    return student, plan_memory(student, base_config(student), layout=layout, processes=processes,
-                                precision=precision_of(student, layout))
+    return student, plan_recipe(student)
 
 
 RECIPES = [name for name in list_entries("students") if name.startswith("r1-distill-")]

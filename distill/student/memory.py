@@ -210,9 +210,17 @@ def adapter_bytes_per_token(counts: ModelCounts, lora: Any) -> int:
     return 4 * counts.adapter_inputs * (lora.dropout > 0) + 8 * counts.adapter_ranks
 
 
+def plan_recipe(student: StudentConfig) -> MemoryPlan:
+    """The plan of a recipe as written: its base's shape, its accelerate config over its nodes x GPUs."""
+    layout, processes = layout_of(student)
+    return plan_memory(student, base_config(student), layout=layout, processes=processes)
+
+
 def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processes: int,
-                precision: Precision = "autocast") -> MemoryPlan:
-    """The per-GPU memory of ``student`` (its train settings) on ``config``'s architecture."""
+                precision: Precision | None = None) -> MemoryPlan:
+    """The per-GPU memory of ``student`` (its train settings) on ``config``'s architecture; ``precision`` as
+    :func:`precision_of` says for the layout unless given."""
+    precision = precision or precision_of(student, layout)
     t, lora = student.train, student.lora
     counts = count_model(config, lora)
     shape = Shape.of(config)
@@ -326,7 +334,7 @@ def preflight(student: StudentConfig, config: Any,
     offload = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() in ("cpu", "nvme")
     layout, processes = layout_of(student, world=world_size(), launcher=launcher_kind(),
                                   zero_stage=int(stage) if stage else None, offload=offload)
-    plan = plan_memory(student, config, layout=layout, processes=processes, precision=precision_of(student, layout))
+    plan = plan_memory(student, config, layout=layout, processes=processes)
     if plan.states > gpu_bytes:
         raise DistillError(f"the weights, gradients and optimizer alone need {plan.states / GiB:.1f} GiB per GPU "
                            f"({layout} over {processes} process(es)) and this GPU has {gpu_bytes / GiB:.0f} GiB: "
