@@ -283,3 +283,15 @@ def test_a_student_built_from_its_config_is_planned_too(monkeypatch):
     planned = plan_memory(student, built.config, layout="one GPU", processes=1, precision="autocast")
     assert vocab_rows == len(tokenizer) and planned.params == sum(p.numel() for p in built.parameters())
     assert built.distill_build_info["planned_gib_per_gpu"] == round(planned.total / GiB, 2) > 0
+
+
+def test_the_launch_plans_the_layout_accelerate_set_up(monkeypatch):
+    """What `accelerate launch --config_file configs/accelerate/zero3_offload.yaml` exports on 8 GPUs is what the
+    launch plans for (the GPU's size is the faked part)."""
+    for key, value in {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+                       "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu", "WORLD_SIZE": "8"}.items():
+        monkeypatch.setenv(key, value)
+    student = load_entry("student", "r1-distill-qwen-32b")
+    plan, warning = memory.preflight(student, base_config(student), gpu_bytes=79 * GiB)
+    assert (plan.layout, plan.processes, warning) == ("ZeRO-3 offload", 8, None)
+    assert plan.host_per_node == 16 * plan.params // 8 * student.train.parallel.gpus_per_node

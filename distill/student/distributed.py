@@ -159,6 +159,14 @@ def launcher_kind() -> str:
     return "a plain launch"
 
 
+def deepspeed_zero_setup() -> tuple[int | None, bool]:
+    """(ZeRO stage, optimizer offloaded to host memory) as ``accelerate launch`` exported them; (None, False)
+    outside a DeepSpeed launch."""
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    offload = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() in ("cpu", "nvme")
+    return (int(stage) if stage else None), offload
+
+
 def receives_weights_from_main() -> bool:
     """True in every process but the main one of an FSDP launch with ``fsdp_cpu_ram_efficient_loading`` (the
     shipped fsdp2.yaml): such a process builds an empty student (model.empty_model) and is sent its shards by the

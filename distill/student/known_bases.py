@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 _QWEN2 = dict(model_type="qwen2", hidden_act="silu", rms_norm_eps=1e-6)
+_QWEN25_MATH = dict(_QWEN2, max_position_embeddings=4096, rope_theta=10000.0)  # 4k native context
+_QWEN25_LARGE = dict(_QWEN2, hidden_size=5120, num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
+                     max_position_embeddings=131072, rope_theta=1000000.0, tie_word_embeddings=False)
 _LLAMA3 = dict(model_type="llama", hidden_act="silu", rms_norm_eps=1e-5, attention_bias=False, mlp_bias=False,
                rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                              "original_max_position_embeddings": 8192},
@@ -19,20 +22,16 @@ _LLAMA3 = dict(model_type="llama", hidden_act="silu", rms_norm_eps=1e-5, attenti
                num_key_value_heads=8)
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "Qwen/Qwen2.5-Math-1.5B": dict(_QWEN2, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+    "Qwen/Qwen2.5-Math-1.5B": dict(_QWEN25_MATH, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                                    num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                                   max_position_embeddings=4096, rope_theta=10000.0, tie_word_embeddings=True),
-    "Qwen/Qwen2.5-Math-7B": dict(_QWEN2, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                   tie_word_embeddings=True),
+    "Qwen/Qwen2.5-Math-7B": dict(_QWEN25_MATH, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                                  num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-                                 max_position_embeddings=4096, rope_theta=10000.0, tie_word_embeddings=False),
+                                 tie_word_embeddings=False),
     "meta-llama/Llama-3.1-8B": dict(_LLAMA3, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                     num_attention_heads=32),
-    "Qwen/Qwen2.5-14B": dict(_QWEN2, hidden_size=5120, intermediate_size=13824, num_hidden_layers=48,
-                             num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
-                             max_position_embeddings=131072, rope_theta=1000000.0, tie_word_embeddings=False),
-    "Qwen/Qwen2.5-32B": dict(_QWEN2, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
-                             num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
-                             max_position_embeddings=131072, rope_theta=1000000.0, tie_word_embeddings=False),
+    "Qwen/Qwen2.5-14B": dict(_QWEN25_LARGE, intermediate_size=13824, num_hidden_layers=48),
+    "Qwen/Qwen2.5-32B": dict(_QWEN25_LARGE, intermediate_size=27648, num_hidden_layers=64),
     "meta-llama/Llama-3.3-70B-Instruct": dict(_LLAMA3, hidden_size=8192, intermediate_size=28672,
                                               num_hidden_layers=80, num_attention_heads=64),
 }

@@ -325,15 +325,14 @@ def preflight(student: StudentConfig, config: Any,
     """Plan this launch (as accelerate set it up) before the weights load: (plan, warning); (None, None) without a
     GPU. Refuse where the states alone exceed the GPU (certain out-of-memory, whatever the data); warn where the
     whole step is planned above ``HEADROOM`` (activations are an estimate, and a run of short traces may pass)."""
-    from .distributed import launcher_kind, world_size
+    from .distributed import deepspeed_zero_setup, launcher_kind, world_size
 
     gpu_bytes = gpu_memory_bytes() if gpu_bytes is None else gpu_bytes
     if not gpu_bytes:
         return None, None
-    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
-    offload = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() in ("cpu", "nvme")
-    layout, processes = layout_of(student, world=world_size(), launcher=launcher_kind(),
-                                  zero_stage=int(stage) if stage else None, offload=offload)
+    stage, offload = deepspeed_zero_setup()
+    layout, processes = layout_of(student, world=world_size(), launcher=launcher_kind(), zero_stage=stage,
+                                  offload=offload)
     plan = plan_memory(student, config, layout=layout, processes=processes)
     if plan.states > gpu_bytes:
         raise DistillError(f"the weights, gradients and optimizer alone need {plan.states / GiB:.1f} GiB per GPU "
