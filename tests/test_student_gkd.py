@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
+from distill.chat_template import ASSISTANT, BOS, EOS, USER
 from distill.errors import DistillError
 from distill.student.miniature import tiny_student, write_kept
 from distill.student.model import build_student
@@ -62,3 +64,122 @@ def test_frozen_teacher_loads_in_bf16_when_training_in_bf16(teacher, monkeypatch
     monkeypatch.setattr(gkd, "resolve_bf16", lambda requested: True)
     assert gkd.teacher_dtype(tiny_student(), model) is torch.bfloat16
     assert gkd.load_teacher(teacher, gkd.teacher_dtype(tiny_student(), model)).dtype is torch.bfloat16
+
+
+# DeepSeek's R1-Distill-Qwen tokenizers are Qwen2.5's with its first seven special tokens renamed: the R1 markers
+# sit at the ids Qwen2.5 gives <|endoftext|>, <|im_start|>, ... (151643-151649).
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                 "<|box_start|>", "<|box_end|>"]
+R1_DISTILL_SPECIALS = [EOS, USER, ASSISTANT, BOS, "<|EOT|>", "<think>", "</think>"]
+
+
+def _tokenizer(specials: list[str], folder):
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.test_student_base_model import _bpe_on_traces
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=_bpe_on_traces(specials), eos_token=specials[0],
+                                  pad_token=specials[0], additional_special_tokens=specials[1:])
+    tok.save_pretrained(folder)
+    return tok
+
+
+def _qwen2(folder, vocab_size: int, eos: int, seed: int) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                                 eos_token_id=eos)).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def qwen_pair(tmp_path_factory):
+    """(a Qwen2.5-Math-like base, an R1-Distill-Qwen-like teacher): one BPE, the specials renamed as DeepSeek did;
+    the base's matrix has padding rows, the teacher's is wider (151,936 and 152,064 rows in the real pair)."""
+    base, teacher = tmp_path_factory.mktemp("qwen_base"), tmp_path_factory.mktemp("r1_distill_teacher")
+    base_tok, teacher_tok = _tokenizer(QWEN_SPECIALS, base), _tokenizer(R1_DISTILL_SPECIALS, teacher)
+    _qwen2(base, 384, base_tok.eos_token_id, seed=0)
+    _qwen2(teacher, 448, teacher_tok.eos_token_id, seed=1)
+    return str(base), str(teacher)
+
+
+def _gkd_student(base: str, teacher: str, **fields):
+    from distill.config import StudentConfig
+
+    cfg = tiny_student(max_steps=2, distill_method="gkd", per_device_train_batch_size=2,
+                       gkd={"teacher": teacher, "lmbda": 0.5, "beta": 0.5, "max_new_tokens": 8})
+    return StudentConfig(**{**cfg.model_dump(), "init_config": None, "base": base, "chat_format": "r1", **fields})
+
+
+def test_gkd_refuses_a_student_whose_r1_markers_have_other_ids_than_the_teachers(qwen_pair, tmp_path):
+    """The recipe the issue names (R1-Distill-Qwen-32B teaching Qwen2.5-Math-1.5B) in miniature, with the student
+    on its base's tokenizer: the R1 markers are appended to it at new ids, the vocabularies are otherwise equal and
+    the widths match after resizing, so only this check stands between the run and a teacher scoring untrained
+    rows."""
+    from transformers import AutoTokenizer
+
+    base, teacher = qwen_pair
+    base_ids = AutoTokenizer.from_pretrained(base).get_vocab()
+    teacher_ids = AutoTokenizer.from_pretrained(teacher).get_vocab()
+    ordinary = set(base_ids) - set(QWEN_SPECIALS)
+    assert ordinary and all(base_ids[t] == teacher_ids[t] for t in ordinary)  # one BPE, as in the real pair
+
+    cfg = _gkd_student(base, teacher)
+    model, tok = build_student(cfg, teacher)
+    assert tok.convert_tokens_to_ids(USER) != teacher_ids[USER]
+    with pytest.raises(DistillError, match="encode the training text differently") as err:
+        train_student(model, tok, cfg, write_kept(tmp_path / "kept", 8), tmp_path / "out")
+    assert err.value.where == "student.tokenizer" and f"student.tokenizer: {teacher}" in str(err.value)
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_gkd_trains_a_qwen_base_on_the_r1_distill_teachers_tokenizer(qwen_pair, tmp_path):
+    """The fix the refusal names: the student takes the teacher's tokenizer, so the markers reuse the base's
+    special-token rows (no resize for them) and the teacher reads the student's ids as the same text."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    base, teacher = qwen_pair
+    cfg = _gkd_student(base, teacher, tokenizer=teacher)
+    model, tok = build_student(cfg, teacher)
+    teacher_tok = AutoTokenizer.from_pretrained(teacher)
+    for marker in (BOS, EOS, USER, ASSISTANT, "<think>", "</think>"):
+        assert tok.convert_tokens_to_ids(marker) == teacher_tok.convert_tokens_to_ids(marker) < 7
+    metrics = train_student(model, tok, cfg, write_kept(tmp_path / "kept", 8), tmp_path / "out")
+    assert metrics["steps"] == 2 and all(math.isfinite(v) for _, v in metrics["loss_curve"])
+    assert AutoConfig.from_pretrained(tmp_path / "out" / "model").vocab_size == 448  # the teacher's width
+
+
+def test_match_vocab_keeps_every_id_the_students_tokenizer_gives(qwen_pair):
+    """A student wider than its teacher is cut to the teacher's width only if no id its batches hold is cut off
+    with it: the data's, and the PAD the collator pads with, which the data never contains."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill.student.gkd import match_vocab
+
+    base, teacher = qwen_pair
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.add_tokens([f"<extra_{i}>" for i in range(100)])
+    tok.add_special_tokens({"pad_token": "<pad>"})  # id 450: past the teacher's 448 logits
+    with pytest.raises(DistillError, match="batches use token id 450"):
+        match_vocab(AutoModelForCausalLM.from_pretrained(base), AutoModelForCausalLM.from_pretrained(teacher),
+                    tok, rows_ids_max=300)
+
+
+def test_tokens_outside_the_data_must_keep_their_ids_too(qwen_pair):
+    """On-policy steps train on whatever the student samples, so a token the data never holds but both
+    vocabularies do must mean the same to the teacher as well."""
+    from transformers import AutoTokenizer
+
+    from distill.student.gkd import check_shared_tokenizer
+
+    _, teacher = qwen_pair
+    student_tok, teacher_tok = AutoTokenizer.from_pretrained(teacher), AutoTokenizer.from_pretrained(teacher)
+    texts = ["What is 12 + 7? 12 + 7 = 19."]
+    check_shared_tokenizer(student_tok, teacher_tok, texts, teacher)  # the same tokenizer passes
+    student_tok.add_tokens(["<x>"])
+    teacher_tok.add_tokens(["<y>", "<x>"])
+    x = student_tok.convert_tokens_to_ids("<x>")
+    assert teacher_tok.convert_tokens_to_ids("<x>") == x + 1
+    with pytest.raises(DistillError, match=rf"1 token\(s\) have other ids .*'<x>' \(student {x}, teacher {x + 1}\)"):
+        check_shared_tokenizer(student_tok, teacher_tok, texts, teacher)

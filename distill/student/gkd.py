@@ -58,16 +58,49 @@ def teacher_dtype(cfg: StudentConfig, student: Any) -> torch.dtype:
 def match_vocab(student: Any, teacher: Any, tokenizer: Any, rows_ids_max: int) -> None:
     """GKD compares full distributions, so the logit widths must agree. The tokenizer is shared; the embedding
     matrices may differ in padding rows (or an unused trailing token), so the student is resized to the teacher's
-    width as long as every id in the data fits."""
+    width as long as every id the batches hold fits: the data's, and the PAD the collator fills with (never in the
+    data: a PAD the R1 format appended may lie past the teacher's width)."""
     t_vocab = teacher.config.get_text_config().vocab_size
     s_vocab = student.config.get_text_config().vocab_size
     if s_vocab == t_vocab:
         return
-    if rows_ids_max >= t_vocab:
-        raise DistillError(f"the data uses token id {rows_ids_max} but the teacher has only {t_vocab} logits: "
-                           "teacher and student do not share a tokenizer, so GKD does not apply (use sft)",
+    highest = max(rows_ids_max, tokenizer.pad_token_id or 0)
+    if highest >= t_vocab:
+        raise DistillError(f"the student's batches use token id {highest} but the teacher has only {t_vocab} "
+                           "logits: teacher and student do not share a tokenizer, so GKD does not apply (use sft)",
                            where="train.distill_method")
     student.resize_token_embeddings(t_vocab, mean_resizing=False)
+
+
+def check_shared_tokenizer(student_tok: Any, teacher_tok: Any, texts: list[str], teacher: str) -> None:
+    """Refuse GKD unless the teacher reads the student's token ids as the same text.
+
+    Why: GKD feeds the student's ids to the teacher and compares the two next-token distributions id by id. A
+    student whose base lacks the R1 markers gets them appended as new ids (student/template.py), while DeepSeek's
+    R1-Distill tokenizers give them the ids of Qwen2.5's own special tokens (``<｜User｜>`` is Qwen's
+    ``<|im_start|>`` id). Both vocabularies are the same width, so nothing fails: the teacher reads untrained rows
+    where the markers are and the student learns to imitate that. So every training text must encode to the same
+    ids under both tokenizers, and every token both vocabularies hold (what on-policy samples may contain) must
+    have the same id."""
+    fix = (f"train the student with the teacher's tokenizer (student.tokenizer: {teacher}), as DeepSeek did for "
+           "R1-Distill-Qwen: the markers then keep the ids the teacher was trained on; or use distill_method: sft")
+    for text in texts:
+        s_ids = student_tok(text, add_special_tokens=False)["input_ids"]
+        t_ids = teacher_tok(text, add_special_tokens=False)["input_ids"]
+        if s_ids != t_ids:
+            i = next((k for k, (a, b) in enumerate(zip(s_ids, t_ids)) if a != b), min(len(s_ids), len(t_ids)))
+            token = student_tok.convert_ids_to_tokens(s_ids[i]) if i < len(s_ids) else "(end of text)"
+            theirs = teacher_tok.convert_ids_to_tokens(t_ids[i]) if i < len(t_ids) else "(end of text)"
+            raise DistillError(f"the student's and the teacher's tokenizers encode the training text differently "
+                               f"(token {i}: the student's {token!r} is id {s_ids[i] if i < len(s_ids) else '-'}, "
+                               f"the teacher has {theirs!r} there): the teacher would score other tokens than the "
+                               f"student writes; {fix}", where="student.tokenizer")
+    t_vocab = teacher_tok.get_vocab()
+    moved = sorted((i, tok) for tok, i in student_tok.get_vocab().items() if t_vocab.get(tok, i) != i)
+    if moved:
+        shown = ", ".join(f"{tok!r} (student {i}, teacher {t_vocab[tok]})" for i, tok in moved[:3])
+        raise DistillError(f"{len(moved)} token(s) have other ids in the teacher's tokenizer: {shown}; {fix}",
+                           where="student.tokenizer")
 
 
 def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[dict[str, Any]], out_dir: Path,
@@ -77,6 +110,7 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from .lora import is_peft_model
+    from .model import load_tokenizer
     from .train import lora_config_for, training_args
 
     if not teacher:
@@ -84,9 +118,10 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
                            where="train.gkd.teacher")
     g = cfg.train.gkd
     rows = gkd_rows(records, tokenizer)
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    check_shared_tokenizer(tokenizer, load_tokenizer(teacher), texts, teacher)
     teacher_model = load_teacher(teacher, dtype=teacher_dtype(cfg, model))
-    max_id = max(max(tokenizer(tokenizer.apply_chat_template(r["messages"], tokenize=False),
-                               add_special_tokens=False)["input_ids"]) for r in rows)
+    max_id = max(max(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
     if not is_peft_model(model):
         match_vocab(model, teacher_model, tokenizer, max_id)
     # GKD batches are prompt/completion pairs, left-padded by TRL's ChatML collator: no packing.
