@@ -153,6 +153,8 @@ def student_plan(student: Annotated[str, typer.Argument(help="Student name in st
     plan = plan_recipe(st)
     gpu = int((gpu_memory_gib or st.train.parallel.gpu_memory_gib) * GiB)
     typer.echo(plan.summary(st))
+    if st.train.distill_method == "gkd" and not st.train.gkd.teacher:
+        typer.echo("GKD teacher not counted: train.gkd.teacher is unset (the run's teacher model is used)")
     typer.echo(plan.table(gpu))
     if not plan.fits(gpu):
         typer.echo(f"to fit: {suggestions(st, plan, gpu)}")

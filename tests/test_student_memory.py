@@ -4,7 +4,8 @@ Why: a plan that refuses a recipe that fits, or passes one that runs out of memo
 worse than none. So each part is checked against the real thing here: the activations against the tensors real
 transformers layers save for their backward (counted with autograd's saved-tensor hooks), the states against a
 real AdamW step (plain and PEFT LoRA), the bundled base shapes against their published sizes, and the whole plan
-against the peak memory measured on an H200. Then every shipped recipe is checked against the GPU it says it needs.
+against the peak memory measured on an H200, and the GKD loss's vocabulary-wide temporaries against torch's
+memory profiler. Then every shipped recipe is checked against the GPU it says it needs.
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ def test_every_shipped_recipe_fits_the_gpus_it_states(ref):
     ("r1-distill-qwen-32b", ["train.max_length=16384", "train.parallel.nodes=1",  # Sky-T1's run, offloaded
                              "train.parallel.sequence_parallel_size=1",
                              "train.parallel.accelerate_config=configs/accelerate/zero3_offload.yaml"], 79),
+    ("r1-distill-qwen-1.5b-gkd", ["train.parallel.accelerate_config=configs/accelerate/zero2.yaml"], 139),
 ])
 def test_the_alternatives_recipe_comments_promise_fit(ref, overrides, gib):
     _, plan = _plan(ref, overrides)
@@ -209,6 +211,11 @@ def test_layouts_that_cannot_fit_are_caught():
     assert offloaded.host_per_node == 16 * offloaded.params // 8 * 8  # fp32 masters, gradients, moments
     _, unchecked = _plan("r1-distill-qwen-1.5b", ["train.gradient_checkpointing=false"])
     assert unchecked.states < 10 * GiB and not unchecked.fits(79 * GiB)  # 2 x 32k tokens of activations
+    _, gkd_16k = _plan("r1-distill-qwen-1.5b-gkd", ["train.max_length=16384"])  # the full logits, twice
+    assert gkd_16k.parts["GKD logits + JSD loss"] > 75 * GiB and not gkd_16k.fits(79 * GiB)
+    _, gkd_whole_teacher = _plan("r1-distill-qwen-1.5b-gkd", [
+        "train.parallel.accelerate_config=configs/accelerate/zero2.yaml"])
+    assert gkd_whole_teacher.parts["GKD teacher weights"] > 60 * GiB and not gkd_whole_teacher.fits(79 * GiB)
 
 
 def test_plan_command_prints_the_breakdown_and_exits_1_when_it_does_not_fit():
@@ -295,3 +302,78 @@ def test_the_launch_plans_the_layout_accelerate_set_up(monkeypatch):
     plan, warning = memory.preflight(student, base_config(student), gpu_bytes=79 * GiB)
     assert (plan.layout, plan.processes, warning) == ("ZeRO-3 offload", 8, None)
     assert plan.host_per_node == 16 * plan.params // 8 * student.train.parallel.gpus_per_node
+
+
+@pytest.mark.parametrize("beta,dtype", [(0.5, torch.float32), (0.5, torch.bfloat16), (0.0, torch.float32),
+                                        (1.0, torch.float32), (0.9, torch.float32)])
+def test_gkd_loss_temporaries_are_what_the_profiler_measures(beta, dtype, tmp_path):
+    """TRL's generalised JSD, forward and backward, on student logits (with their graph) and teacher logits: its
+    peak beyond those two inputs, from torch's memory profiler, is the plan's count of vocabulary-wide
+    temporaries (15 of the logits' dtype per token between the KLs, 7 for forward KL, 8 for reverse)."""
+    import json
+
+    from torch.profiler import ProfilerActivity, profile
+    from trl.experimental.gkd import GKDTrainer
+
+    tokens, vocab = 256, 4096
+    student = torch.randn(1, tokens, vocab, dtype=dtype, requires_grad=True)
+    teacher = torch.randn(1, tokens, vocab, dtype=dtype)
+    labels = torch.zeros(1, tokens, dtype=torch.long)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        GKDTrainer.generalized_jsd_loss(student, teacher, labels=labels, beta=beta).backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # export_memory_timeline is deprecated in favour of CUDA-only snapshots
+        prof.export_memory_timeline(str(tmp_path / "timeline.json"), device="cpu")
+    _, sizes = json.loads((tmp_path / "timeline.json").read_text())
+    live = [sum(categories) for categories in sizes]
+    per_element = (max(live) - live[0]) / (tokens * vocab)
+    assert live[0] == pytest.approx(2 * dtype.itemsize * tokens * vocab, rel=0.01)  # the two inputs
+    expected = memory.JSD_TEMPORARIES.get(beta, memory.JSD_MIXTURE_TEMPORARIES) * dtype.itemsize
+    assert per_element == pytest.approx(expected, abs=0.05)
+
+
+def test_gkd_teacher_is_counted_whole_or_sharded_as_trl_prepares_it():
+    """TRL prepares the GKD teacher with the student's DeepSpeed stage when it is 3 (sharded, its layers
+    gathered two at a time) and otherwise places it whole on every GPU (ZeRO-2 as stage 0; DDP and FSDP2 through
+    accelerate's evaluation-mode prepare, which wraps nothing); in bf16 when training in bf16."""
+    student = load_entry("student", "r1-distill-qwen-1.5b-gkd")
+    teacher = count_model(known_config(student.train.gkd.teacher))
+    config = base_config(student)
+    parts = {layout: plan_memory(student, config, layout=layout, processes=8,
+                                 teacher_config=known_config(student.train.gkd.teacher)).parts["GKD teacher weights"]
+             for layout in ("ZeRO-3", "ZeRO-3 offload", "ZeRO-2", "DDP", "FSDP2")}
+    assert parts["ZeRO-3"] == parts["ZeRO-3 offload"] == 2 * teacher.params // 8 + 4 * teacher.layer_params
+    assert parts["ZeRO-2"] == parts["DDP"] == parts["FSDP2"] == 2 * teacher.params
+    assert teacher.params / 1e9 == pytest.approx(32.8, rel=0.01)
+    cpu = plan_memory(student, config, layout="one GPU", processes=1, precision="float32",
+                      teacher_config=known_config(student.train.gkd.teacher))
+    assert cpu.parts["GKD teacher weights"] == 4 * teacher.params  # float32 like the student (gkd.teacher_dtype)
+    no_teacher = plan_memory(student, config, layout="ZeRO-3", processes=8)  # not named yet: logits only
+    assert "GKD teacher weights" not in no_teacher.parts and "GKD logits + JSD loss" in no_teacher.parts
+
+
+def test_launch_refuses_a_gkd_teacher_that_cannot_fit_and_says_to_shard_it(monkeypatch):
+    """The 32B teacher whole beside a 1.5B student on one 80 GB GPU: refused before any weights load, with the
+    way out (ZeRO-3 shards the teacher too). The teacher comes from the run when the recipe names none."""
+    student = load_entry("student", "r1-distill-qwen-1.5b-gkd", [
+        (*parse_override(text), text) for text in ("train.gkd.teacher=null", "train.parallel.gpus_per_node=1",
+                                                    "train.parallel.accelerate_config=configs/accelerate/"
+                                                    "single_gpu.yaml", "train.global_batch_size=8")])
+    with pytest.raises(DistillError) as err:
+        memory.preflight(student, base_config(student), gpu_bytes=79 * GiB,
+                         teacher="deepseek-ai/DeepSeek-R1-Distill-Qwen-32B")
+    assert "shard the GKD teacher too: train.parallel.accelerate_config=configs/accelerate/zero3.yaml" in str(err.value)
+    plan, _ = memory.preflight(student, base_config(student), gpu_bytes=139 * GiB,
+                               teacher="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
+    assert plan.parts["GKD teacher weights"] == 2 * count_model(known_config(
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")).params
+
+
+def test_plan_command_counts_the_gkd_teacher_or_says_it_did_not():
+    named = run_cli("student", "plan", "r1-distill-qwen-1.5b-gkd")
+    assert named.returncode == 0, named.stderr
+    assert "GKD teacher weights" in named.stdout and "GKD logits + JSD loss" in named.stdout
+    unnamed = run_cli("student", "plan", "r1-distill-qwen-1.5b-gkd", "--set", "train.gkd.teacher=null")
+    assert unnamed.returncode == 0 and "GKD teacher not counted: train.gkd.teacher is unset" in unnamed.stdout
+    assert "GKD teacher weights" not in unnamed.stdout

@@ -1,4 +1,5 @@
-"""The architecture fields of the six R1-Distill bases' ``config.json``, so a plan can be made offline.
+"""The architecture fields of the six R1-Distill bases' ``config.json`` (and of three R1-Distill-Qwen models, as
+GKD teachers), so a plan can be made offline.
 
 Why: ``distill student plan`` sizes a recipe's memory before anyone rents GPUs, often on a laptop that has never
 downloaded a 70B base, and tests run without the Hub. Only the fields that set the model's shape are kept (copied
@@ -35,10 +36,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "meta-llama/Llama-3.3-70B-Instruct": dict(_LLAMA3, hidden_size=8192, intermediate_size=28672,
                                               num_hidden_layers=80, num_attention_heads=64),
 }
+# DeepSeek's Qwen students as GKD teachers (students/r1-distill-qwen-1.5b-gkd.yaml): their bases' shapes, the
+# tokenizer's specials renamed (same vocabulary), 131,072 positions
+CONFIGS.update({
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": dict(CONFIGS["Qwen/Qwen2.5-Math-7B"], max_position_embeddings=131072),
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B": CONFIGS["Qwen/Qwen2.5-14B"],
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B": CONFIGS["Qwen/Qwen2.5-32B"],
+})
 
 # the sizes the model cards publish (billions of parameters), for the test of the table above
 PUBLISHED_BILLIONS = {"Qwen/Qwen2.5-Math-1.5B": 1.54, "Qwen/Qwen2.5-Math-7B": 7.62, "meta-llama/Llama-3.1-8B": 8.03,
-                      "Qwen/Qwen2.5-14B": 14.7, "Qwen/Qwen2.5-32B": 32.5, "meta-llama/Llama-3.3-70B-Instruct": 70.6}
+                      "Qwen/Qwen2.5-14B": 14.7, "Qwen/Qwen2.5-32B": 32.5, "meta-llama/Llama-3.3-70B-Instruct": 70.6,
+                      "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": 7.62, "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B": 14.8,
+                      "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B": 32.8}
 
 
 def known_config(ref: str) -> Any | None:

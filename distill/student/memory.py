@@ -19,6 +19,13 @@ arithmetic is cheap and mostly exact, so it is done up front, per GPU:
   token: 9.3 GiB for a 16k row of Qwen's 151,936 tokens); the backward adds their float32 gradient, and under bf16
   the model's bf16 logits and their gradient: 12 bytes x vocabulary per token in all.
 
+- **GKD** (distill_method: gkd): the teacher's weights on every GPU (bf16 when training in bf16; ZeRO-3 shards
+  them, TRL prepares the teacher with the student's DeepSpeed stage), and TRL's generalised JSD over full logits:
+  the student's and the teacher's logits plus 15 vocabulary-wide temporaries of the loss's dtype per token at
+  0 < beta < 1 (7 at beta 0, 8 at 1), measured with torch's memory profiler (the test). No fused loss: Liger's
+  cross-entropy never runs, GKD calls the model without labels. At R1 lengths this is the largest part: 8k tokens
+  of Qwen's 152,064-token vocabulary under ZeRO-3 are 39 GiB.
+
 Checked against one H200 (benchmarks/gpu_mfu.py, a Qwen2.5-1.5B-shaped step, bf16 weights, torch's peak
 allocation): 16k tokens with plain SDPA measured 80.9 GiB, with Liger 40.8 GiB, 32k with Liger and checkpointing
 14.6 GiB; the plan says 83.5, 42.8 and 16.4 GiB (tests/test_student_memory.py::
@@ -153,7 +160,11 @@ class MemoryPlan:
 
 
 STATE_PARTS = ("weights", "bf16 weight copies", "gradients", "optimizer (AdamW)", "DDP gradient buckets",
-               "gathered layers (bf16)")
+               "gathered layers (bf16)", "GKD teacher weights")
+# vocabulary-wide temporaries of TRL's generalised JSD per token, beyond its two logits inputs, by beta (0: forward
+# KL, 1: reverse KL, between: the mixture); tests/test_student_memory.py measures them with torch's profiler
+JSD_TEMPORARIES = {0.0: 7, 1.0: 8}
+JSD_MIXTURE_TEMPORARIES = 15
 
 
 def layout_of(student: StudentConfig, *, world: int | None = None, launcher: str | None = None,
@@ -210,16 +221,38 @@ def adapter_bytes_per_token(counts: ModelCounts, lora: Any) -> int:
     return 4 * counts.adapter_inputs * (lora.dropout > 0) + 8 * counts.adapter_ranks
 
 
-def plan_recipe(student: StudentConfig) -> MemoryPlan:
-    """The plan of a recipe as written: its base's shape, its accelerate config over its nodes x GPUs."""
+def plan_recipe(student: StudentConfig, teacher: str | None = None) -> MemoryPlan:
+    """The plan of a recipe as written: its base's shape, its accelerate config over its nodes x GPUs, and for GKD
+    its teacher (train.gkd.teacher, else ``teacher``: the run's)."""
     layout, processes = layout_of(student)
-    return plan_memory(student, base_config(student), layout=layout, processes=processes)
+    return plan_memory(student, base_config(student), layout=layout, processes=processes,
+                       teacher_config=gkd_teacher_config(student, teacher))
+
+
+def gkd_teacher_config(student: StudentConfig, teacher: str | None = None) -> Any | None:
+    """The GKD teacher's config (train.gkd.teacher, else ``teacher``), or None when the student does not train
+    with GKD or no teacher is named yet."""
+    if student.train.distill_method != "gkd":
+        return None
+    ref = student.train.gkd.teacher or teacher
+    return model_config(ref) if ref else None
+
+
+def gkd_logits_bytes_per_token(vocab: int, precision: Precision, layout: Layout, beta: float) -> int:
+    """What TRL's GKD loss holds per token: the student's logits (with their graph) and the teacher's, in the
+    model's output dtype, and the generalised JSD's vocabulary-wide temporaries, in float32 where autocast runs the
+    loss (log_softmax is one of its float32 ops) and in bf16 under DeepSpeed, which trains bf16 weights without
+    autocast."""
+    logits = 4 if precision == "float32" else 2
+    loss = 2 if precision == "bfloat16" and layout.startswith("ZeRO") else 4
+    return vocab * (2 * logits + loss * JSD_TEMPORARIES.get(float(beta), JSD_MIXTURE_TEMPORARIES))
 
 
 def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processes: int,
-                precision: Precision | None = None) -> MemoryPlan:
+                precision: Precision | None = None, teacher_config: Any | None = None) -> MemoryPlan:
     """The per-GPU memory of ``student`` (its train settings) on ``config``'s architecture; ``precision`` as
-    :func:`precision_of` says for the layout unless given."""
+    :func:`precision_of` says for the layout unless given; ``teacher_config``: a GKD teacher's architecture (its
+    weights are then counted; the GKD loss's logits are counted whenever the student trains with GKD)."""
     precision = precision or precision_of(student, layout)
     t, lora = student.train, student.lora
     counts = count_model(config, lora)
@@ -269,6 +302,15 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
             gathered += 2 * (P - counts.layer_params * shape.layers)
         parts["gathered layers (bf16)"] = gathered
 
+    gkd = t.distill_method == "gkd"
+    if teacher_config is not None:  # bf16 when training in bf16 (gkd.teacher_dtype); ZeRO-3 shards it
+        teacher = count_model(teacher_config)
+        dtype_bytes = 4 if precision == "float32" else 2
+        if layout in ("ZeRO-3", "ZeRO-3 offload"):  # its own layers gathered two at a time, as the student's
+            parts["GKD teacher weights"] = dtype_bytes * teacher.params // n + 2 * 2 * teacher.layer_params
+        else:
+            parts["GKD teacher weights"] = dtype_bytes * teacher.params
+
     per_layer = layer_bytes_per_token(shape, precision, liger)
     if lora.enabled:
         per_layer += adapter_bytes_per_token(counts, lora)
@@ -278,7 +320,11 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
         parts["activations (one layer)"] = per_layer * tokens
     else:
         parts["activations"] = shape.layers * per_layer * tokens
-    if not liger:  # float32 logits kept by the loss, their gradient, and (bf16) the returned logits + their gradient
+    if gkd:  # the student is resized to the teacher's vocabulary (gkd.match_vocab)
+        vocab = Shape.of(teacher_config).vocab if teacher_config is not None else shape.vocab
+        parts["GKD logits + JSD loss"] = tokens * gkd_logits_bytes_per_token(
+            vocab, precision, layout, t.gkd.beta)
+    elif not liger:  # float32 logits kept by the loss, their gradient, and (bf16) the returned logits + gradient
         parts["logits (float32 + backward)"] = tokens * shape.vocab * (8 if precision == "float32" else 12)
     return plan
 
@@ -293,17 +339,21 @@ def suggestions(student: StudentConfig, plan: MemoryPlan, gpu_bytes: int) -> str
     if activations >= plan.states / 2:
         if not t.gradient_checkpointing:
             tips.append("train.gradient_checkpointing=true")
-        if not t.use_liger_kernel:
+        if not t.use_liger_kernel and t.distill_method != "gkd":
             tips.append("train.use_liger_kernel=true (fused cross-entropy: no logits kept)")
         if t.per_device_train_batch_size > 1:
             tips.append("a smaller train.per_device_train_batch_size (global_batch_size keeps the batch)")
-        if plan.layout == "FSDP2":
+        if t.distill_method == "gkd":  # TRL's GKD samples and scores whole sequences: no SP/CP (config.py)
+            pass
+        elif plan.layout == "FSDP2":
             tips.append(f"train.parallel.context_parallel_size={2 * p.context_parallel_size} (ring attention)")
         elif plan.layout.startswith("ZeRO"):
             tips.append(f"train.parallel.sequence_parallel_size={2 * p.sequence_parallel_size} (Ulysses)")
         tips.append(f"a shorter train.max_length (now {t.max_length})")
     if plan.states >= activations / 2 or not tips:
-        if plan.layout in ("one GPU", "DDP", "ZeRO-2") and not student.lora.enabled:
+        if plan.layout in ("one GPU", "DDP", "ZeRO-2", "FSDP2") and "GKD teacher weights" in plan.parts:
+            tips.append("shard the GKD teacher too: train.parallel.accelerate_config=configs/accelerate/zero3.yaml")
+        elif plan.layout in ("one GPU", "DDP", "ZeRO-2") and not student.lora.enabled:
             tips.append("shard the weights too: train.parallel.accelerate_config=configs/accelerate/zero3.yaml")
         elif plan.layout in SHARDED:
             sharded = sum(plan.parts.get(k, 0) for k in ("weights", "gradients", "optimizer (AdamW)"))
@@ -320,11 +370,12 @@ def suggestions(student: StudentConfig, plan: MemoryPlan, gpu_bytes: int) -> str
     return "; ".join(tips)
 
 
-def preflight(student: StudentConfig, config: Any,
-              gpu_bytes: int | None = None) -> tuple[MemoryPlan | None, str | None]:
+def preflight(student: StudentConfig, config: Any, gpu_bytes: int | None = None,
+              teacher: str | None = None) -> tuple[MemoryPlan | None, str | None]:
     """Plan this launch (as accelerate set it up) before the weights load: (plan, warning); (None, None) without a
-    GPU. Refuse where the states alone exceed the GPU (certain out-of-memory, whatever the data); warn where the
-    whole step is planned above ``HEADROOM`` (activations are an estimate, and a run of short traces may pass)."""
+    GPU. Refuse where the states alone exceed the GPU (certain out-of-memory, whatever the data; a GKD teacher's
+    weights count among them, ``teacher`` being the run's when train.gkd.teacher is unset); warn where the whole
+    step is planned above ``HEADROOM`` (activations are an estimate, and a run of short traces may pass)."""
     from .distributed import deepspeed_zero_setup, launcher_kind, world_size
 
     gpu_bytes = gpu_memory_bytes() if gpu_bytes is None else gpu_bytes
@@ -333,7 +384,8 @@ def preflight(student: StudentConfig, config: Any,
     stage, offload = deepspeed_zero_setup()
     layout, processes = layout_of(student, world=world_size(), launcher=launcher_kind(), zero_stage=stage,
                                   offload=offload)
-    plan = plan_memory(student, config, layout=layout, processes=processes)
+    plan = plan_memory(student, config, layout=layout, processes=processes,
+                       teacher_config=gkd_teacher_config(student, teacher))
     if plan.states > gpu_bytes:
         raise DistillError(f"the weights, gradients and optimizer alone need {plan.states / GiB:.1f} GiB per GPU "
                            f"({layout} over {processes} process(es)) and this GPU has {gpu_bytes / GiB:.0f} GiB: "
@@ -350,19 +402,10 @@ def base_config(student: StudentConfig) -> Any:
     """The student's architecture config, with the recipe's overrides: the base's own config.json where it can be
     read here (a local folder, the Hugging Face cache), else the bundled fields of a known base (known_bases), else
     the Hub; a student built from ``init_config`` needs its vocabulary size there."""
-    from transformers import AutoConfig
-
-    from ..catalog import model_ref
-    from ..hub_access import cached, loadable_ref
-    from .known_bases import known_config
     from .model import ARCHITECTURES, apply_config_overrides
 
     if student.base:
-        ref = model_ref(student.base)
-        if Path(ref).exists() or cached(ref):
-            config = AutoConfig.from_pretrained(ref, local_files_only=not Path(ref).exists())
-        else:
-            config = known_config(ref) or AutoConfig.from_pretrained(loadable_ref(ref))
+        config = model_config(student.base)
     elif student.init_config:
         if "vocab_size" not in student.init_config:
             raise DistillError("a student built from init_config takes its vocabulary from the run's teacher: set "
@@ -372,6 +415,21 @@ def base_config(student: StudentConfig) -> Any:
         raise DistillError("a student needs 'base' (model id or path) or 'init_config'",
                            where=f"student '{student.name}'")
     return apply_config_overrides(config, student)
+
+
+def model_config(ref: str) -> Any:
+    """A model's config.json: a local folder's or the Hugging Face cache's, else the bundled fields of a known model
+    (known_bases), else the Hub's."""
+    from transformers import AutoConfig
+
+    from ..catalog import model_ref
+    from ..hub_access import cached, loadable_ref
+    from .known_bases import known_config
+
+    ref = model_ref(ref)
+    if Path(ref).exists() or cached(ref):
+        return AutoConfig.from_pretrained(ref, local_files_only=not Path(ref).exists())
+    return known_config(ref) or AutoConfig.from_pretrained(loadable_ref(ref))
 
 
 def peak_gpu_gib() -> float | None:

@@ -132,7 +132,7 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 config = apply_config_overrides(AutoConfig.from_pretrained(ref), cfg)
-            planned = plan_or_refuse(cfg, config)  # before any weights load
+            planned = plan_or_refuse(cfg, config, teacher_model)  # before any weights load
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if receives_weights_from_main():  # (no LoRA/QLoRA here: refused under FSDP above)
@@ -159,7 +159,7 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
         except TypeError as exc:
             raise DistillError(f"invalid init_config: {exc}", where=where) from None
         apply_config_overrides(config, cfg)
-        planned = plan_or_refuse(cfg, config)
+        planned = plan_or_refuse(cfg, config, teacher_model)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
     else:
         raise DistillError("a student needs 'base' (model id or path) or 'init_config'", where=where)
@@ -171,10 +171,11 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
     return model, tokenizer
 
 
-def plan_or_refuse(cfg: StudentConfig, config: Any) -> dict[str, float]:
-    """On a GPU, the memory plan of this launch (memory.preflight): refuses states that cannot fit, warns about
-    activations that would not; the planned GiB per GPU go into the run's settings beside the measured peak."""
-    plan, warning = preflight(cfg, config)
+def plan_or_refuse(cfg: StudentConfig, config: Any, teacher: str | None = None) -> dict[str, float]:
+    """On a GPU, the memory plan of this launch (memory.preflight; ``teacher``: the run's, a GKD teacher unless
+    train.gkd.teacher names another): refuses states that cannot fit, warns about activations that would not; the
+    planned GiB per GPU go into the run's settings beside the measured peak."""
+    plan, warning = preflight(cfg, config, teacher=teacher)
     if warning:
         warnings.warn(warning, RuntimeWarning, stacklevel=3)
     return {"planned_gib_per_gpu": round(plan.total / GiB, 2)} if plan else {}
