@@ -72,6 +72,9 @@ def match_vocab(student: Any, teacher: Any, tokenizer: Any, rows_ids_max: int) -
     student.resize_token_embeddings(t_vocab, mean_resizing=False)
 
 
+TOKENIZER_CHECK_TEXTS = 1000
+
+
 def check_shared_tokenizer(student_tok: Any, teacher_tok: Any, texts: list[str], teacher: str) -> None:
     """Refuse GKD unless the teacher reads the student's token ids as the same text.
 
@@ -81,12 +84,14 @@ def check_shared_tokenizer(student_tok: Any, teacher_tok: Any, texts: list[str],
     ``<|im_start|>`` id). Both vocabularies are the same width, so nothing fails: the teacher reads untrained rows
     where the markers are and the student learns to imitate that. So every training text must encode to the same
     ids under both tokenizers, and every token both vocabularies hold (what on-policy samples may contain) must
-    have the same id."""
+    have the same id. The texts compared are the first ``TOKENIZER_CHECK_TEXTS`` (every one carries the markers;
+    the vocabulary comparison covers every other token), so 800k traces do not cost two more tokenizations."""
     fix = (f"train the student with the teacher's tokenizer (student.tokenizer: {teacher}), as DeepSeek did for "
            "R1-Distill-Qwen: the markers then keep the ids the teacher was trained on; or use distill_method: sft")
-    for text in texts:
-        s_ids = student_tok(text, add_special_tokens=False)["input_ids"]
-        t_ids = teacher_tok(text, add_special_tokens=False)["input_ids"]
+    sample = texts[:TOKENIZER_CHECK_TEXTS]
+    student_ids = student_tok(sample, add_special_tokens=False)["input_ids"]
+    teacher_ids = teacher_tok(sample, add_special_tokens=False)["input_ids"]
+    for s_ids, t_ids in zip(student_ids, teacher_ids):
         if s_ids != t_ids:
             i = next((k for k, (a, b) in enumerate(zip(s_ids, t_ids)) if a != b), min(len(s_ids), len(t_ids)))
             token = student_tok.convert_ids_to_tokens(s_ids[i]) if i < len(s_ids) else "(end of text)"
@@ -121,7 +126,7 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
     check_shared_tokenizer(tokenizer, load_tokenizer(teacher), texts, teacher)
     teacher_model = load_teacher(teacher, dtype=teacher_dtype(cfg, model))
-    max_id = max(max(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
+    max_id = max(max(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
     if not is_peft_model(model):
         match_vocab(model, teacher_model, tokenizer, max_id)
     # GKD batches are prompt/completion pairs, left-padded by TRL's ChatML collator: no packing.

@@ -343,12 +343,11 @@ def suggestions(student: StudentConfig, plan: MemoryPlan, gpu_bytes: int) -> str
             tips.append("train.use_liger_kernel=true (fused cross-entropy: no logits kept)")
         if t.per_device_train_batch_size > 1:
             tips.append("a smaller train.per_device_train_batch_size (global_batch_size keeps the batch)")
-        if t.distill_method == "gkd":  # TRL's GKD samples and scores whole sequences: no SP/CP (config.py)
-            pass
-        elif plan.layout == "FSDP2":
-            tips.append(f"train.parallel.context_parallel_size={2 * p.context_parallel_size} (ring attention)")
-        elif plan.layout.startswith("ZeRO"):
-            tips.append(f"train.parallel.sequence_parallel_size={2 * p.sequence_parallel_size} (Ulysses)")
+        if t.distill_method != "gkd":  # TRL's GKD samples and scores whole sequences: no SP/CP (config.py)
+            if plan.layout == "FSDP2":
+                tips.append(f"train.parallel.context_parallel_size={2 * p.context_parallel_size} (ring attention)")
+            elif plan.layout.startswith("ZeRO"):
+                tips.append(f"train.parallel.sequence_parallel_size={2 * p.sequence_parallel_size} (Ulysses)")
         tips.append(f"a shorter train.max_length (now {t.max_length})")
     if plan.states >= activations / 2 or not tips:
         if plan.layout in ("one GPU", "DDP", "ZeRO-2", "FSDP2") and "GKD teacher weights" in plan.parts:
