@@ -372,10 +372,14 @@ def gkd_student(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("layout", ["zero3", "fsdp2"])
 def test_gkd_across_processes_has_the_loss_of_one_process(tiny_run, gkd_student, tmp_path, layout):
-    """Logit distillation across processes: the teacher is sharded too (by DeepSpeed, or prepared by accelerate
-    under FSDP2), and the loss (hence the gradients) must not shrink with the number of processes (TRL 1.16's
-    GKDTrainer halved it on 2; see distill/student/gkd.py:data_parallel_gkd). Off-policy steps only (lmbda 0), so
-    both runs see the same tokens; the student starts from a different random model than its teacher."""
+    """Logit distillation across processes: the teacher is sharded under ZeRO-3 (TRL prepares it with the
+    student's stage) and whole on every process under FSDP2 (accelerate's evaluation-mode prepare wraps nothing),
+    as the memory plan counts it; and the loss (hence the gradients) must not shrink with the number of processes
+    (TRL 1.16's GKDTrainer halved it on 2; see distill/student/gkd.py:data_parallel_gkd). Off-policy steps only
+    (lmbda 0), so both runs see the same tokens; the student starts from a different random model than its
+    teacher."""
+    from transformers import AutoModelForCausalLM
+
     recipe, new_run, _ = tiny_run
     gkd = [f"student.base={gkd_student}", "student.train.distill_method=gkd", "student.train.gkd.lmbda=0"]
     reference = single_process(new_run, recipe, "gkd-single", gkd)
@@ -384,6 +388,16 @@ def test_gkd_across_processes_has_the_loss_of_one_process(tiny_run, gkd_student,
                       *gkd, module=FSDP_ON_CPU if layout == "fsdp2" else "distill.student.launch")
     assert manifest["metrics"]["settings"]["distill_method"] == "gkd"
     assert manifest["metrics"]["settings"]["sharding"] == {"zero3": "zero-3", "fsdp2": "fsdp2"}[layout]
+    settings, whole = manifest["metrics"]["settings"], reference["metrics"]["settings"]
+    assert whole["gkd_teacher"] == "whole"
+    assert settings["gkd_teacher"] == {"zero3": "sharded", "fsdp2": "whole"}[layout]
+    held, full = settings["gkd_teacher_bytes_per_process"], whole["gkd_teacher_bytes_per_process"]
+    teacher = AutoModelForCausalLM.from_pretrained(yaml.safe_load(recipe.read_text())["teacher"]["model"])
+    assert full == 4 * sum(p.numel() for p in teacher.parameters())  # float32 on the CPU
+    if layout == "zero3":  # half on each of 2 processes (DeepSpeed pads each partition a little)
+        assert full / 2 <= held <= full / 2 * 1.01, (held, full)
+    else:
+        assert held == full
     one = [loss for _, loss in reference["metrics"]["loss_curve"]]
     two = [loss for _, loss in manifest["metrics"]["loss_curve"]]
     assert len(one) == len(two) == STEPS and one[-1] < one[0]

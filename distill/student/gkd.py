@@ -159,3 +159,23 @@ def data_parallel_gkd(base: type) -> type:
             return result if scale == 1 else scaled_loss(result, scale, return_outputs)
 
     return DataParallelGKDTrainer
+
+
+def teacher_placement(teacher: Any) -> dict[str, Any]:
+    """How the GKD teacher sits on this process, as the trainer prepared it: ``sharded`` when DeepSpeed ZeRO-3
+    partitioned it (TRL prepares it with the student's stage 3) or FSDP wrapped it, and the bytes of it this
+    process holds. Recorded in the run's settings; the memory plan (memory.plan_memory) counts the teacher whole
+    on every process otherwise, and tests/test_student_sharded.py holds the plan to what this reports."""
+    from torch.distributed.tensor import DTensor
+
+    module = getattr(teacher, "module", teacher)  # a DeepSpeed engine wraps it
+    held, sharded = 0, False
+    for param in module.parameters():
+        if hasattr(param, "ds_tensor"):  # ZeRO-3: this process keeps only its partition
+            local, sharded = param.ds_tensor, True
+        elif isinstance(param, DTensor):
+            local, sharded = param.to_local(), True
+        else:
+            local = param
+        held += local.numel() * local.element_size()
+    return {"gkd_teacher": "sharded" if sharded else "whole", "gkd_teacher_bytes_per_process": held}

@@ -334,6 +334,10 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             trainer = trainer_cls(model=model, args=training_args(cfg, out_dir, tokenizer, model),
                                   train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                   peft_config=lora_config_for(cfg, tokenizer, model), callbacks=callbacks)
+        if t.distill_method == "gkd":
+            from .gkd import teacher_placement
+
+            settings.update(teacher_placement(trainer.teacher_model))
         let_fused_head_read_token_rows(trainer.model)
         quiet_progress(trainer)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
