@@ -161,9 +161,13 @@ def test_match_vocab_keeps_every_id_the_students_tokenizer_gives(qwen_pair):
     tok = AutoTokenizer.from_pretrained(base)
     tok.add_tokens([f"<extra_{i}>" for i in range(100)])
     tok.add_special_tokens({"pad_token": "<pad>"})  # id 450: past the teacher's 448 logits
-    with pytest.raises(DistillError, match="batches use token id 450"):
-        match_vocab(AutoModelForCausalLM.from_pretrained(base), AutoModelForCausalLM.from_pretrained(teacher),
-                    tok, rows_ids_max=300)
+    student, wide_teacher = AutoModelForCausalLM.from_pretrained(base), AutoModelForCausalLM.from_pretrained(teacher)
+    with pytest.raises(DistillError, match=r"padded with '<pad>' \(id 450\), past the teacher's 448 logits"):
+        match_vocab(student, wide_teacher, tok, rows_ids_max=300)
+    with pytest.raises(DistillError, match="batches use token id 450 but the teacher has only 448"):  # data too
+        match_vocab(student, wide_teacher, tok, rows_ids_max=449)
+    match_vocab(student, wide_teacher, AutoTokenizer.from_pretrained(base), rows_ids_max=300)
+    assert student.config.vocab_size == 448 == student.get_output_embeddings().weight.shape[0]
 
 
 def test_tokens_outside_the_data_must_keep_their_ids_too(qwen_pair):

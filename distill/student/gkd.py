@@ -64,7 +64,13 @@ def match_vocab(student: Any, teacher: Any, tokenizer: Any, rows_ids_max: int) -
     s_vocab = student.config.get_text_config().vocab_size
     if s_vocab == t_vocab:
         return
-    highest = max(rows_ids_max, tokenizer.pad_token_id or 0)
+    pad = tokenizer.pad_token_id or 0
+    if pad >= t_vocab > rows_ids_max:  # the data fits; the PAD the R1 format appended does not
+        raise DistillError(f"the student's batches are padded with {tokenizer.pad_token!r} (id {pad}), past the "
+                           f"teacher's {t_vocab} logits: the teacher reads every batch, padding included; give the "
+                           "student a tokenizer whose pad_token the teacher has (student.tokenizer)",
+                           where="student.tokenizer")
+    highest = max(rows_ids_max, pad)
     if highest >= t_vocab:
         raise DistillError(f"the student's batches use token id {highest} but the teacher has only {t_vocab} "
                            "logits: teacher and student do not share a tokenizer, so GKD does not apply (use sft)",
