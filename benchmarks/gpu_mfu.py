@@ -122,7 +122,7 @@ def measure(tokens: int, docs: int, steps: int, warmup: int, checkpointing: bool
     return {"device": torch.cuda.get_device_name() if cuda else "cpu", "attn_implementation": impl,
             "sdpa_backend": sdpa_backend,
             "liger": liger, "gradient_checkpointing": checkpointing, "torch": torch.__version__, "loss": round(loss, 4),
-            "tokens": tokens, "docs": docs, "seconds_per_step": round(seconds, 4),
+            "tokens": tokens, "docs": docs, "seconds_per_step": round(seconds, 6),
             "tokens_per_s": round(tokens / seconds), "model_tflops_per_s": round(flops / seconds / 1e12, 1),
             "mfu": round(mfu(flops, seconds, peak), 4), "hfu": round(mfu(hw, seconds, peak), 4),
             "peak_tflops": peak, "max_memory_gib": round(memory, 1)}

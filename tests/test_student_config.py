@@ -39,11 +39,9 @@ def test_recipes_cover_the_six_bases_and_are_consistent(monkeypatch):
         s = load_entry("student", str(path))
         t, p = s.train, s.train.parallel
         seen.add(s.base)
-        assert s.chat_format == "r1", path.name
-        if t.distill_method == "gkd":  # full logits, twice: traces are cut shorter (the recipe's memory note)
-            assert s.tokenizer == t.gkd.teacher and t.max_length >= 8192, path.name  # the markers' ids agree
-        else:
-            assert t.max_length >= 16384, path.name
+        assert s.chat_format == "r1" and t.max_length >= 16384, path.name
+        if t.distill_method == "gkd":  # the R1 markers must have the teacher's ids (gkd.check_shared_tokenizer)
+            assert s.tokenizer == t.gkd.teacher, path.name
         assert path.read_text().startswith("#"), f"{path.name} must say where its numbers come from"
         gpus = p.nodes * p.gpus_per_node
         ga = distributed.gradient_accumulation(t, gpus)  # raises if the global batch does not divide

@@ -27,13 +27,19 @@ def teacher(tmp_path_factory):
     return str(build_tiny_teacher(tmp_path_factory.mktemp("teacher")))
 
 
-def test_gkd_on_policy_trains_and_saves(teacher, tmp_path):
+def test_gkd_on_policy_trains_and_saves(teacher, tmp_path, monkeypatch):
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from distill.student.jsd import ChunkedJSD
+
+    calls = []
+    apply = ChunkedJSD.apply
+    monkeypatch.setattr(ChunkedJSD, "apply", lambda *args: calls.append(args[0].shape) or apply(*args))
     cfg = tiny_student(max_steps=2, distill_method="gkd",
                        gkd={"teacher": teacher, "lmbda": 1.0, "beta": 0.5, "max_new_tokens": 8})
     model, tok = build_student(cfg, teacher)
     metrics = train_student(model, tok, cfg, write_kept(tmp_path / "kept", 8), tmp_path / "out")
+    assert len(calls) == 2  # the trainer's loss is the chunked one, once per step
     assert metrics["settings"]["distill_method"] == "gkd" and metrics["steps"] == 2
     losses = [loss for _, loss in metrics["loss_curve"]]
     assert losses and all(math.isfinite(v) and v >= 0 for v in losses)  # a divergence, not a cross-entropy
@@ -187,3 +193,29 @@ def test_tokens_outside_the_data_must_keep_their_ids_too(qwen_pair):
     assert teacher_tok.convert_tokens_to_ids("<x>") == x + 1
     with pytest.raises(DistillError, match=rf"1 token\(s\) have other ids .*'<x>' \(student {x}, teacher {x + 1}\)"):
         check_shared_tokenizer(student_tok, teacher_tok, texts, teacher)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("options", [{}, {"num_items_in_batch": 37}, {"reduction": "sum"}, {"reduction": "mean"},
+                                     {"temperature": 0.7}], ids=["batchmean", "global-count", "sum", "mean", "T0.7"])
+def test_chunked_jsd_equals_trls_loss_and_gradient(beta, options):
+    """The chunked loss the trainer uses (jsd.py) against TRL's own ``generalized_jsd_loss`` on masked batches of
+    two rows, chunks that cut through the masks: same value and same gradient with respect to the student's
+    logits, in float64 so only summation order differs."""
+    from trl.experimental.gkd import GKDTrainer
+
+    from distill.student.jsd import chunked_generalized_jsd_loss
+
+    torch.manual_seed(0)
+    student = torch.randn(2, 50, 300, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 50, 300, dtype=torch.float64)
+    labels = torch.randint(0, 300, (2, 50))
+    labels[0, :10], labels[1, 30:] = -100, -100  # a prompt, and padding
+    if "num_items_in_batch" in options:
+        options = {**options, "num_items_in_batch": torch.tensor(options["num_items_in_batch"])}
+    theirs = GKDTrainer.generalized_jsd_loss(student, teacher, labels=labels, beta=beta, **options)
+    ours = chunked_generalized_jsd_loss(student, teacher, labels=labels, beta=beta, chunk=16, **options)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-12)
+    theirs_grad, = torch.autograd.grad(theirs, student)
+    ours_grad, = torch.autograd.grad(ours, student)
+    assert torch.allclose(ours_grad, theirs_grad, rtol=1e-10, atol=1e-15)

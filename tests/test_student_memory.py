@@ -4,8 +4,7 @@ Why: a plan that refuses a recipe that fits, or passes one that runs out of memo
 worse than none. So each part is checked against the real thing here: the activations against the tensors real
 transformers layers save for their backward (counted with autograd's saved-tensor hooks), the states against a
 real AdamW step (plain and PEFT LoRA), the bundled base shapes against their published sizes, and the whole plan
-against the peak memory measured on an H200, and the GKD loss's vocabulary-wide temporaries against torch's
-memory profiler. Then every shipped recipe is checked against the GPU it says it needs.
+against the peak memory measured on an H200, and the GKD loss against torch's memory profiler. Then every shipped recipe is checked against the GPU it says it needs.
 """
 
 from __future__ import annotations
@@ -211,8 +210,8 @@ def test_layouts_that_cannot_fit_are_caught():
     assert offloaded.host_per_node == 16 * offloaded.params // 8 * 8  # fp32 masters, gradients, moments
     _, unchecked = _plan("r1-distill-qwen-1.5b", ["train.gradient_checkpointing=false"])
     assert unchecked.states < 10 * GiB and not unchecked.fits(79 * GiB)  # 2 x 32k tokens of activations
-    _, gkd_16k = _plan("r1-distill-qwen-1.5b-gkd", ["train.max_length=16384"])  # the full logits, twice
-    assert gkd_16k.parts["GKD logits + JSD loss"] > 75 * GiB and not gkd_16k.fits(79 * GiB)
+    _, gkd_4x32k = _plan("r1-distill-qwen-1.5b-gkd", ["train.per_device_train_batch_size=4"])  # full logits
+    assert gkd_4x32k.parts["GKD logits + JSD loss"] > 100 * GiB and not gkd_4x32k.fits(79 * GiB)
     _, gkd_whole_teacher = _plan("r1-distill-qwen-1.5b-gkd", [
         "train.parallel.accelerate_config=configs/accelerate/zero2.yaml"])
     assert gkd_whole_teacher.parts["GKD teacher weights"] > 60 * GiB and not gkd_whole_teacher.fits(79 * GiB)
@@ -306,31 +305,32 @@ def test_the_launch_plans_the_layout_accelerate_set_up(monkeypatch):
 
 @pytest.mark.parametrize("beta,dtype", [(0.5, torch.float32), (0.5, torch.bfloat16), (0.0, torch.float32),
                                         (1.0, torch.float32), (0.9, torch.float32)])
-def test_gkd_loss_temporaries_are_what_the_profiler_measures(beta, dtype, tmp_path):
-    """TRL's generalised JSD, forward and backward, on student logits (with their graph) and teacher logits: its
-    peak beyond those two inputs, from torch's memory profiler, is the plan's count of vocabulary-wide
-    temporaries (15 of the logits' dtype per token between the KLs, 7 for forward KL, 8 for reverse)."""
+def test_gkd_loss_memory_is_what_the_profiler_measures(beta, dtype, tmp_path):
+    """The chunked GKD loss (jsd.py), forward and backward, on student logits (with their graph) and teacher
+    logits: its peak beyond those two inputs, from torch's memory profiler, is what the plan counts: the gradient
+    buffer, and the vocabulary-wide temporaries of one chunk (12 per token between the KLs, 5 for forward KL, 6
+    for reverse)."""
     import json
 
     from torch.profiler import ProfilerActivity, profile
-    from trl.experimental.gkd import GKDTrainer
 
-    tokens, vocab = 256, 4096
+    from distill.student.jsd import CHUNK_TEMPORARIES, MIXTURE_CHUNK_TEMPORARIES, chunked_generalized_jsd_loss
+
+    tokens, vocab, chunk = 256, 4096, 32
     student = torch.randn(1, tokens, vocab, dtype=dtype, requires_grad=True)
     teacher = torch.randn(1, tokens, vocab, dtype=dtype)
     labels = torch.zeros(1, tokens, dtype=torch.long)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
                  with_stack=True) as prof:
-        GKDTrainer.generalized_jsd_loss(student, teacher, labels=labels, beta=beta).backward()
+        chunked_generalized_jsd_loss(student, teacher, labels=labels, beta=beta, chunk=chunk).backward()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # export_memory_timeline is deprecated in favour of CUDA-only snapshots
         prof.export_memory_timeline(str(tmp_path / "timeline.json"), device="cpu")
     _, sizes = json.loads((tmp_path / "timeline.json").read_text())
     live = [sum(categories) for categories in sizes]
-    per_element = (max(live) - live[0]) / (tokens * vocab)
     assert live[0] == pytest.approx(2 * dtype.itemsize * tokens * vocab, rel=0.01)  # the two inputs
-    expected = memory.JSD_TEMPORARIES.get(beta, memory.JSD_MIXTURE_TEMPORARIES) * dtype.itemsize
-    assert per_element == pytest.approx(expected, abs=0.05)
+    temporaries = CHUNK_TEMPORARIES.get(beta, MIXTURE_CHUNK_TEMPORARIES)
+    assert max(live) - live[0] == pytest.approx(dtype.itemsize * vocab * (tokens + temporaries * chunk), rel=0.01)
 
 
 def test_gkd_teacher_is_counted_whole_or_sharded_as_trl_prepares_it():

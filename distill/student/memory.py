@@ -20,11 +20,11 @@ arithmetic is cheap and mostly exact, so it is done up front, per GPU:
   the model's bf16 logits and their gradient: 12 bytes x vocabulary per token in all.
 
 - **GKD** (distill_method: gkd): the teacher's weights on every GPU (bf16 when training in bf16; ZeRO-3 shards
-  them, TRL prepares the teacher with the student's DeepSpeed stage), and TRL's generalised JSD over full logits:
-  the student's and the teacher's logits plus 15 vocabulary-wide temporaries of the loss's dtype per token at
-  0 < beta < 1 (7 at beta 0, 8 at 1), measured with torch's memory profiler (the test). No fused loss: Liger's
-  cross-entropy never runs, GKD calls the model without labels. At R1 lengths this is the largest part: 8k tokens
-  of Qwen's 152,064-token vocabulary under ZeRO-3 are 39 GiB.
+  them, TRL prepares the teacher with the student's DeepSpeed stage), and the generalised JSD over full logits:
+  the student's and the teacher's logits and the gradient buffer of the chunked loss (jsd.py), plus the loss's
+  vocabulary-wide temporaries for one chunk of tokens (12 per token at 0 < beta < 1, 5 at beta 0, 6 at 1),
+  measured with torch's memory profiler (the test). No fused cross-entropy: GKD calls the model without labels.
+  At 32k tokens of Qwen's 152,064-token vocabulary under ZeRO-3 that is 29.6 GiB (TRL's own loss: 158 GiB).
 
 Checked against one H200 (benchmarks/gpu_mfu.py, a Qwen2.5-1.5B-shaped step, bf16 weights, torch's peak
 allocation): 16k tokens with plain SDPA measured 80.9 GiB, with Liger 40.8 GiB, 32k with Liger and checkpointing
@@ -161,10 +161,6 @@ class MemoryPlan:
 
 STATE_PARTS = ("weights", "bf16 weight copies", "gradients", "optimizer (AdamW)", "DDP gradient buckets",
                "gathered layers (bf16)", "GKD teacher weights")
-# vocabulary-wide temporaries of TRL's generalised JSD per token, beyond its two logits inputs, by beta (0: forward
-# KL, 1: reverse KL, between: the mixture); tests/test_student_memory.py measures them with torch's profiler
-JSD_TEMPORARIES = {0.0: 7, 1.0: 8}
-JSD_MIXTURE_TEMPORARIES = 15
 
 
 def layout_of(student: StudentConfig, *, world: int | None = None, launcher: str | None = None,
@@ -238,14 +234,17 @@ def gkd_teacher_config(student: StudentConfig, teacher: str | None = None) -> An
     return model_config(ref) if ref else None
 
 
-def gkd_logits_bytes_per_token(vocab: int, precision: Precision, layout: Layout, beta: float) -> int:
-    """What TRL's GKD loss holds per token: the student's logits (with their graph) and the teacher's, in the
-    model's output dtype, and the generalised JSD's vocabulary-wide temporaries, in float32 where autocast runs the
-    loss (log_softmax is one of its float32 ops) and in bf16 under DeepSpeed, which trains bf16 weights without
-    autocast."""
+def gkd_loss_bytes(tokens: int, vocab: int, precision: Precision, layout: Layout, beta: float) -> int:
+    """What GKD's loss holds (jsd.chunked_generalized_jsd_loss): the student's logits (with their graph), the
+    teacher's and the student's gradient buffer, in the model's output dtype, and one chunk's vocabulary-wide
+    temporaries, in float32 where autocast runs the loss (log_softmax is one of its float32 ops) and in bf16 under
+    DeepSpeed, which trains bf16 weights without autocast."""
+    from .jsd import CHUNK_TEMPORARIES, CHUNK_TOKENS, MIXTURE_CHUNK_TEMPORARIES
+
     logits = 4 if precision == "float32" else 2
     loss = 2 if precision == "bfloat16" and layout.startswith("ZeRO") else 4
-    return vocab * (2 * logits + loss * JSD_TEMPORARIES.get(float(beta), JSD_MIXTURE_TEMPORARIES))
+    temporaries = CHUNK_TEMPORARIES.get(float(beta), MIXTURE_CHUNK_TEMPORARIES)
+    return vocab * (3 * logits * tokens + loss * temporaries * min(CHUNK_TOKENS, tokens))
 
 
 def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processes: int,
@@ -322,8 +321,7 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
         parts["activations"] = shape.layers * per_layer * tokens
     if gkd:  # the student is resized to the teacher's vocabulary (gkd.match_vocab)
         vocab = Shape.of(teacher_config).vocab if teacher_config is not None else shape.vocab
-        parts["GKD logits + JSD loss"] = tokens * gkd_logits_bytes_per_token(
-            vocab, precision, layout, t.gkd.beta)
+        parts["GKD logits + JSD loss"] = gkd_loss_bytes(tokens, vocab, precision, layout, t.gkd.beta)
     elif not liger:  # float32 logits kept by the loss, their gradient, and (bf16) the returned logits + gradient
         parts["logits (float32 + backward)"] = tokens * shape.vocab * (8 if precision == "float32" else 12)
     return plan
