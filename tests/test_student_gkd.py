@@ -137,6 +137,8 @@ def test_gkd_refuses_a_student_whose_r1_markers_have_other_ids_than_the_teachers
     with pytest.raises(DistillError, match="encode the training text differently") as err:
         train_student(model, tok, cfg, write_kept(tmp_path / "kept", 8), tmp_path / "out")
     assert err.value.where == "student.tokenizer" and f"student.tokenizer: {teacher}" in str(err.value)
+    bos = f"'{BOS}'"
+    assert f"the student has {bos} (id {tok.bos_token_id}), the teacher {bos} (id {teacher_ids[BOS]})" in str(err.value)
     assert not (tmp_path / "out" / "model").exists()
 
 

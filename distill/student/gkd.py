@@ -101,12 +101,11 @@ def check_shared_tokenizer(student_tok: Any, teacher_tok: Any, texts: list[str],
     for s_ids, t_ids in zip(student_ids, teacher_ids):
         if s_ids != t_ids:
             i = next((k for k, (a, b) in enumerate(zip(s_ids, t_ids)) if a != b), min(len(s_ids), len(t_ids)))
-            token = student_tok.convert_ids_to_tokens(s_ids[i]) if i < len(s_ids) else "(end of text)"
-            theirs = teacher_tok.convert_ids_to_tokens(t_ids[i]) if i < len(t_ids) else "(end of text)"
+            ours = f"{student_tok.convert_ids_to_tokens(s_ids[i])!r} (id {s_ids[i]})" if i < len(s_ids) else "the end"
+            theirs = f"{teacher_tok.convert_ids_to_tokens(t_ids[i])!r} (id {t_ids[i]})" if i < len(t_ids) else "the end"
             raise DistillError(f"the student's and the teacher's tokenizers encode the training text differently "
-                               f"(token {i}: the student's {token!r} is id {s_ids[i] if i < len(s_ids) else '-'}, "
-                               f"the teacher has {theirs!r} there): the teacher would score other tokens than the "
-                               f"student writes; {fix}", where="student.tokenizer")
+                               f"(token {i}: the student has {ours}, the teacher {theirs}): the teacher would score "
+                               f"other tokens than the student writes; {fix}", where="student.tokenizer")
     t_vocab = teacher_tok.get_vocab()
     moved = sorted((i, tok) for tok, i in student_tok.get_vocab().items() if t_vocab.get(tok, i) != i)
     if moved:
