@@ -30,8 +30,9 @@ Checked against one H200 (benchmarks/gpu_mfu.py, a Qwen2.5-1.5B-shaped step, bf1
 allocation): 16k tokens with plain SDPA measured 80.9 GiB, with Liger 40.8 GiB, 32k with Liger and checkpointing
 14.6 GiB; the plan says 83.5, 42.8 and 16.4 GiB (tests/test_student_memory.py::
 test_plan_matches_the_h200_measurements; it counts gradients whole, as under gradient accumulation, which that
-benchmark does not use). Not counted: the CUDA context (~0.5-1 GiB), NCCL buffers, allocator fragmentation, and
-a GKD teacher's weights. So a plan reports *fits* only with a margin (``HEADROOM``), and the launch only refuses
+benchmark does not use). Not counted: the CUDA context (~0.5-1 GiB), NCCL buffers, allocator fragmentation, a GKD
+teacher's forward (one layer at a time, no gradients: about 3 x intermediate + 4 x hidden values per token, some
+6 GiB at 32k tokens of a 32B teacher) and on-policy generation's KV cache (between steps). So a plan reports *fits* only with a margin (``HEADROOM``), and the launch only refuses
 where the states alone cannot fit.
 """
 
