@@ -32,8 +32,8 @@ allocation): 16k tokens with plain SDPA measured 80.9 GiB, with Liger 40.8 GiB, 
 test_plan_matches_the_h200_measurements; it counts gradients whole, as under gradient accumulation, which that
 benchmark does not use). Not counted: the CUDA context (~0.5-1 GiB), NCCL buffers, allocator fragmentation, a GKD
 teacher's forward (one layer at a time, no gradients: about 3 x intermediate + 4 x hidden values per token, some
-6 GiB at 32k tokens of a 32B teacher) and on-policy generation's KV cache (between steps). So a plan reports *fits* only with a margin (``HEADROOM``), and the launch only refuses
-where the states alone cannot fit.
+6 GiB at 32k tokens of a 32B teacher) and on-policy generation's KV cache (between steps). So a plan reports
+*fits* only with a margin (``HEADROOM``), and the launch only refuses where the states alone cannot fit.
 """
 
 from __future__ import annotations
