@@ -3,7 +3,7 @@
 Why: TRL 1.16's ``GKDTrainer.generalized_jsd_loss`` builds every intermediate over the whole batch at once:
 log-softmaxes, the stacked mixture, two KL tensors, their weighted sum. That is 15 vocabulary-wide float32 tensors
 per token beyond the two logits inputs (measured with torch's memory profiler, tests/test_student_memory.py):
-60 bytes x 152,064 = 8.5 MiB per token of a Qwen vocabulary, 68 GiB at 8k tokens, more than the rest of a 1.5B
+60 bytes x 152,064 = 8.7 MiB per token of a Qwen vocabulary, 69.6 GiB at 8k tokens, more than the rest of a 1.5B
 student's step together. The loss is a sum over tokens, so nothing requires that: :class:`ChunkedJSD` computes
 the same sum over ``CHUNK_TOKENS`` positions at a time, and takes each chunk's gradient with respect to the
 student's logits right there (as Liger's fused losses do on GPUs), keeping one gradient buffer the size of the
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-CHUNK_TOKENS = 512  # 512 x 152,064 x 12 float32 temporaries: 3.5 GiB at a time, against 68 GiB for 8k tokens
+CHUNK_TOKENS = 512  # 512 x 152,064 x 12 float32 temporaries: 3.5 GiB at a time, against 69.6 GiB for 8k tokens
 # vocabulary-wide temporaries per chunk token at the peak, by beta (0: forward KL, 1: reverse KL, between: the
 # mixture), in the loss's dtype; tests/test_student_memory.py measures them with torch's memory profiler
 CHUNK_TEMPORARIES = {0.0: 5, 1.0: 6}
