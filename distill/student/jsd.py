@@ -2,7 +2,7 @@
 
 Why: TRL 1.16's ``GKDTrainer.generalized_jsd_loss`` builds every intermediate over the whole batch at once:
 log-softmaxes, the stacked mixture, two KL tensors, their weighted sum. That is 15 vocabulary-wide float32 tensors
-per token beyond the two logits inputs (measured with torch's memory profiler, tests/test_student_memory.py):
+per token beyond the two logits inputs (torch's memory profiler, benchmarks/bench_gkd_loss_memory.py):
 60 bytes x 152,064 = 8.7 MiB per token of a Qwen vocabulary, 69.6 GiB at 8k tokens, more than the rest of a 1.5B
 student's step together. The loss is a sum over tokens, so nothing requires that: :class:`ChunkedJSD` computes
 the same sum over ``CHUNK_TOKENS`` positions at a time, and takes each chunk's gradient with respect to the
