@@ -56,6 +56,21 @@ def test_gkd_needs_a_teacher(teacher, tmp_path):
         train_student(model, tok, cfg, write_kept(tmp_path / "kept", 4), tmp_path / "out")
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_teacher_runs_the_students_attention(teacher, tmp_path, attn):
+    """The teacher's forward runs over every batch at the student's lengths, so it takes the attention the student
+    resolved for the machine (flash-attention on a GPU that has it) rather than transformers' default."""
+    from distill.student.gkd import gkd_trainer
+    from distill.student.train import kept_records
+
+    cfg = tiny_student(max_steps=1, distill_method="gkd", attn_implementation=attn, gkd={"teacher": teacher})
+    model, tok = build_student(cfg, teacher)
+    trainer = gkd_trainer(model, tok, cfg, kept_records(write_kept(tmp_path / "kept", 4)), tmp_path / "out",
+                          teacher=teacher)
+    assert model.config._attn_implementation == attn
+    assert trainer.teacher_model.config._attn_implementation == attn
+
+
 def test_frozen_teacher_loads_in_bf16_when_training_in_bf16(teacher, monkeypatch):
     """A fully fine-tuned student keeps float32 master weights under bf16 autocast; the GKD teacher is only read,
     so on a bf16 GPU (its answer given here) it loads in bf16 (a 32B teacher in 66 GB, not 131), and on the CPU it

@@ -38,15 +38,26 @@ def gkd_rows(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, An
     return rows
 
 
-def load_teacher(ref: str, dtype: torch.dtype = torch.float32):
+def load_teacher(ref: str, dtype: torch.dtype = torch.float32, attn: str | None = None):
+    """The frozen teacher, in ``dtype``, with attention ``attn`` (the student's: flash-attention where the student
+    has it; transformers' default, SDPA, otherwise)."""
     from transformers import AutoModelForCausalLM
 
     from ..hub_access import loadable_ref
 
     try:
-        return AutoModelForCausalLM.from_pretrained(loadable_ref(ref), dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(loadable_ref(ref), dtype=dtype,
+                                                    **({"attn_implementation": attn} if attn else {}))
     except OSError as exc:
         raise DistillError(f"cannot load the GKD teacher: {str(exc).splitlines()[0]}", where=ref) from None
+
+
+def teacher_attention(student: Any) -> str | None:
+    """The attention the student resolved for this machine (efficiency.resolve_attn_implementation), for the
+    teacher too: its forward over every batch runs at the student's lengths. ``sdpa_varlen`` serves packed rows,
+    which GKD does not build, so the teacher takes plain SDPA then."""
+    attn = getattr(student.config, "_attn_implementation", None)
+    return "sdpa" if attn == "sdpa_varlen" else attn
 
 
 def teacher_dtype(cfg: StudentConfig, student: Any) -> torch.dtype:
@@ -131,7 +142,7 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
     rows = gkd_rows(records, tokenizer)
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
     check_shared_tokenizer(tokenizer, load_tokenizer(teacher), texts, teacher)
-    teacher_model = load_teacher(teacher, dtype=teacher_dtype(cfg, model))
+    teacher_model = load_teacher(teacher, dtype=teacher_dtype(cfg, model), attn=teacher_attention(model))
     max_id = max(max(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
     if not is_peft_model(model):
         match_vocab(model, teacher_model, tokenizer, max_id)
