@@ -14,11 +14,8 @@ plan (memory.gkd_loss_bytes) says each would take for the 1.5B GKD recipe's 32k 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,17 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 def peak_beyond_inputs(loss_fn, student, teacher, labels) -> float:
     """Bytes per token x vocabulary entry the loss's forward and backward hold beyond their inputs at the peak."""
-    from torch.profiler import ProfilerActivity, profile
+    from tests.memory_timeline import live_bytes
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        loss_fn(student, teacher, labels=labels, beta=0.5).backward()
+    start, peak = live_bytes(lambda: loss_fn(student, teacher, labels=labels, beta=0.5).backward())
     student.grad = None
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
-        _, sizes = json.loads(Path(f"{tmp}/timeline.json").read_text())
-    live = [sum(categories) for categories in sizes]
-    return (max(live) - live[0]) / student[0].numel()
+    return (peak - start) / student[0].numel()
 
 
 def seconds(loss_fn, student, teacher, labels, repeats: int) -> float:

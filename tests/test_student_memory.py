@@ -305,32 +305,23 @@ def test_the_launch_plans_the_layout_accelerate_set_up(monkeypatch):
 
 @pytest.mark.parametrize("beta,dtype", [(0.5, torch.float32), (0.5, torch.bfloat16), (0.0, torch.float32),
                                         (1.0, torch.float32), (0.9, torch.float32)])
-def test_gkd_loss_memory_is_what_the_profiler_measures(beta, dtype, tmp_path):
+def test_gkd_loss_memory_is_what_the_profiler_measures(beta, dtype):
     """The chunked GKD loss (jsd.py), forward and backward, on student logits (with their graph) and teacher
     logits: its peak beyond those two inputs, from torch's memory profiler, is what the plan counts: the gradient
     buffer, and the vocabulary-wide temporaries of one chunk (12 per token between the KLs, 5 for forward KL, 6
     for reverse)."""
-    import json
-
-    from torch.profiler import ProfilerActivity, profile
-
     from distill.student.jsd import CHUNK_TEMPORARIES, MIXTURE_CHUNK_TEMPORARIES, chunked_generalized_jsd_loss
+    from tests.memory_timeline import live_bytes
 
     tokens, vocab, chunk = 256, 4096, 32
     student = torch.randn(1, tokens, vocab, dtype=dtype, requires_grad=True)
     teacher = torch.randn(1, tokens, vocab, dtype=dtype)
     labels = torch.zeros(1, tokens, dtype=torch.long)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:
-        chunked_generalized_jsd_loss(student, teacher, labels=labels, beta=beta, chunk=chunk).backward()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # export_memory_timeline is deprecated in favour of CUDA-only snapshots
-        prof.export_memory_timeline(str(tmp_path / "timeline.json"), device="cpu")
-    _, sizes = json.loads((tmp_path / "timeline.json").read_text())
-    live = [sum(categories) for categories in sizes]
-    assert live[0] == pytest.approx(2 * dtype.itemsize * tokens * vocab, rel=0.01)  # the two inputs
+    start, peak = live_bytes(
+        lambda: chunked_generalized_jsd_loss(student, teacher, labels=labels, beta=beta, chunk=chunk).backward())
+    assert start == pytest.approx(2 * dtype.itemsize * tokens * vocab, rel=0.01)  # the two inputs
     temporaries = CHUNK_TEMPORARIES.get(beta, MIXTURE_CHUNK_TEMPORARIES)
-    assert max(live) - live[0] == pytest.approx(dtype.itemsize * vocab * (tokens + temporaries * chunk), rel=0.01)
+    assert peak - start == pytest.approx(dtype.itemsize * vocab * (tokens + temporaries * chunk), rel=0.01)
 
 
 def test_gkd_teacher_is_counted_whole_or_sharded_as_trl_prepares_it():
