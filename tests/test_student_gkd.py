@@ -49,6 +49,28 @@ def test_gkd_on_policy_trains_and_saves(teacher, tmp_path, monkeypatch):
     assert student.generation_config.eos_token_id == tok.eos_token_id
 
 
+def test_gkd_leaves_out_traces_longer_than_max_length(teacher, tmp_path):
+    """TRL's ChatML collator keeps the *last* max_length tokens of a row: a trace too long lost its BOS and
+    question (or, with the completion alone too long, failed at whichever step drew it). Such traces are left out
+    up front, as for SFT, and every row trained on is whole."""
+    from distill.student.gkd import gkd_rows, gkd_trainer
+    from distill.student.train import kept_records, token_lengths
+
+    cfg = tiny_student(max_steps=1, distill_method="gkd", gkd={"teacher": teacher})
+    model, tok = build_student(cfg, teacher)
+    records = kept_records(write_kept(tmp_path / "kept", 8, repeat_reasoning=[1, 1, 1, 12]))
+    lengths = sorted(token_lengths([tok.apply_chat_template(r["messages"], tokenize=False)
+                                    for r in gkd_rows(records, tok)], tok))
+    cfg.train.max_length = lengths[5]  # the six short ones fit, the two long ones do not
+    assert lengths[6] > lengths[5]
+    trainer, rows, dropped = gkd_trainer(model, tok, cfg, records, tmp_path / "out", teacher=teacher)
+    assert dropped == 2 and len(rows) == len(trainer.train_dataset) == 6
+    collate = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+    for ids, mask in zip(collate["input_ids"].tolist(), collate["attention_mask"].tolist()):
+        text = tok.decode([i for i, m in zip(ids, mask) if m])
+        assert text.startswith(BOS + USER) and text.endswith(EOS)
+
+
 def test_gkd_needs_a_teacher(teacher, tmp_path):
     cfg = tiny_student(max_steps=1, distill_method="gkd")
     model, tok = build_student(cfg, teacher)
@@ -65,8 +87,8 @@ def test_teacher_runs_the_students_attention(teacher, tmp_path, attn):
 
     cfg = tiny_student(max_steps=1, distill_method="gkd", attn_implementation=attn, gkd={"teacher": teacher})
     model, tok = build_student(cfg, teacher)
-    trainer = gkd_trainer(model, tok, cfg, kept_records(write_kept(tmp_path / "kept", 4)), tmp_path / "out",
-                          teacher=teacher)
+    trainer, _, _ = gkd_trainer(model, tok, cfg, kept_records(write_kept(tmp_path / "kept", 4)), tmp_path / "out",
+                                teacher=teacher)
     assert model.config._attn_implementation == attn
     assert trainer.teacher_model.config._attn_implementation == attn
 

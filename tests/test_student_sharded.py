@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distill.chat_template import EOS
 from tests.conftest import free_port, worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,19 +338,18 @@ def test_ulysses_run_killed_mid_epoch_resumes_in_the_same_order(tiny_run, tmp_pa
     assert_same_curve(reference, manifest, rel=1e-5, steps=22)
 
 
-def test_lora_under_zero2_trains_like_one_process_and_merges(tiny_run, tmp_path):
-    """LoRA on several GPUs (ZeRO-2: gradients and optimizer state sharded, weights whole): the adapter is saved
-    through the trainer and merged into the base on the main process, the branch one process never takes.
+def test_lora_under_zero2_trains_like_one_process_and_merges(tiny_run, llama3_base, tmp_path):
+    """LoRA on several GPUs (ZeRO-2: gradients and optimizer state sharded, weights whole), from a Llama-3-shaped
+    base lacking the R1 tokens (the 8B/70B LoRA recipes): the adapter is saved through the trainer and merged into
+    a reload of the base on the main process, the branch one process never takes (QLoRA takes it too). The merged
+    model's config.json must name the student's BOS/EOS/PAD, not the reloaded base's ``<|eot_id|>``.
     (LoRA under ZeRO-3 is not run here: PEFT gathers the trainable R1 token rows on CUDA only.)"""
     from safetensors.torch import load_file
-
-    from distill.student.launch import main
+    from transformers import AutoTokenizer
 
     recipe, new_run, _ = tiny_run
-    lora = ("student.lora.enabled=true",)
-    single = new_run("lora-single")
-    assert main([str(recipe), "--out", str(single), "--set", lora[0]]) == 0
-    reference = json.loads((single / "student" / "manifest.json").read_text())
+    lora = [*llama3_base, "student.lora.enabled=true"]
+    reference = single_process(new_run, recipe, "lora-single", lora)
     run = new_run("lora-zero2")
     manifest = launch(cpu_variant("configs/accelerate/zero2.yaml", tmp_path / "zero2.yaml"), recipe, run, *lora)
     settings = manifest["metrics"]["settings"]
@@ -357,9 +357,16 @@ def test_lora_under_zero2_trains_like_one_process_and_merges(tiny_run, tmp_path)
     assert_same_curve(reference, manifest, rel=1e-3)
     assert (run / "student" / "adapter" / "adapter_config.json").exists()
     merged = load_file(str(run / "student" / "model" / "model.safetensors"))
-    base = load_file(str(Path(yaml.safe_load(recipe.read_text())["student"]["base"]) / "model.safetensors"))
+    base_dir = Path(llama3_base[0].split("=", 1)[1])
+    base = load_file(str(base_dir / "model.safetensors"))
     assert sorted(merged) == sorted(base)  # a plain model: no lora_A/B or wrapper names left
     assert any(not merged[k].equal(base[k]) for k in base)  # and the adapter's update is in it
+    config = json.loads((run / "student" / "model" / "config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(run / "student" / "model")
+    assert tok.eos_token == EOS and json.loads((base_dir / "config.json").read_text())["eos_token_id"] != \
+        tok.eos_token_id
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == \
+        (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
 
 
 @pytest.fixture(scope="module")

@@ -61,3 +61,61 @@ def test_training_text_carries_the_reasoning(small_run):
     assert kept and all(k["reasoning"] for k in kept)
     loss_png = small_run / "student" / "loss.png"
     assert loss_png.exists() and loss_png.stat().st_size > 1000
+
+
+def _long_and_short_kept(folder, tokenizer):
+    """8 kept traces, two of them 12 times longer; and a max_length between the longest short one and the
+    shortest long one (tokens of the rendered text, as TRL tokenizes it)."""
+    from distill.student.miniature import write_kept
+    from distill.student.train import token_lengths, training_pairs
+
+    kept = write_kept(folder, 8, repeat_reasoning=[1, 1, 1, 12])
+    lengths = token_lengths([p["prompt"] + p["completion"] for p in training_pairs(kept, tokenizer)], tokenizer)
+    short, long = sorted(lengths)[:6], sorted(lengths)[6:]
+    assert max(short) < min(long)
+    return kept, (max(short) + min(long)) // 2
+
+
+def test_traces_longer_than_max_length_are_left_out_not_cut(tmp_path, capsys):
+    """A trace cut at max_length ends mid-reasoning, without its answer and EOS: trained on, it teaches the student
+    not to stop (pitfall 1). Such traces are left out before TRL sees them, counted in the metrics, and a warning
+    names the setting; every row the trainer gets still ends with a trained EOS."""
+    from trl import SFTTrainer
+
+    from distill.student.miniature import tiny_student
+    from distill.student.train import train_student
+
+    seen = []
+    original = SFTTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.extend(self.train_dataset)
+
+    cfg = tiny_student(max_steps=2)
+    model, tok = build_student(cfg, str(TINY_TEACHER))
+    kept, max_length = _long_and_short_kept(tmp_path / "kept", tok)
+    cfg.train.max_length = max_length
+    SFTTrainer.__init__ = spy
+    try:
+        metrics = train_student(model, tok, cfg, kept, tmp_path / "out")
+    finally:
+        SFTTrainer.__init__ = original
+    assert metrics["examples"] == 6 and metrics["overlong_dropped"] == 2
+    assert f"2 of 8 traces (25.0%) are longer than train.max_length ({max_length} tokens)" in capsys.readouterr().err
+    assert len(seen) == 6
+    assert all(row["input_ids"][-1] == tok.eos_token_id and row["labels"][-1] == tok.eos_token_id for row in seen)
+
+
+def test_all_traces_too_long_is_one_clear_error(tmp_path):
+    import pytest
+
+    from distill.errors import DistillError
+    from distill.student.miniature import tiny_student, write_kept
+    from distill.student.train import train_student
+
+    cfg = tiny_student(max_steps=1, max_length=16)
+    model, tok = build_student(cfg, str(TINY_TEACHER))
+    with pytest.raises(DistillError, match="every one of the 4 kept traces is longer than 16 tokens") as err:
+        train_student(model, tok, cfg, write_kept(tmp_path / "kept", 4), tmp_path / "out")
+    assert err.value.where == "student.train.max_length"

@@ -127,13 +127,14 @@ def check_shared_tokenizer(student_tok: Any, teacher_tok: Any, texts: list[str],
 
 def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[dict[str, Any]], out_dir: Path,
                 teacher: str | None, callbacks: list[Any] | None = None):
-    """A ready GKDTrainer over the kept records (the caller trains and saves it)."""
+    """A ready GKDTrainer over the kept records that fit in ``train.max_length`` (the caller trains and saves it),
+    the rows it trains on, and how many were too long to train on whole (see drop_overlong in train.py)."""
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from .lora import is_peft_model
     from .model import load_tokenizer
-    from .train import lora_config_for, training_args
+    from .train import drop_overlong, lora_config_for, training_args
 
     if not teacher:
         raise DistillError("distill_method: gkd needs a teacher model (train.gkd.teacher, or the recipe's teacher)",
@@ -141,6 +142,8 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
     g = cfg.train.gkd
     rows = gkd_rows(records, tokenizer)
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    fitting, overlong = drop_overlong(list(zip(rows, texts)), texts, tokenizer, cfg.train.max_length)
+    rows, texts = [row for row, _ in fitting], [text for _, text in fitting]
     check_shared_tokenizer(tokenizer, load_tokenizer(teacher), texts, teacher)
     teacher_model = load_teacher(teacher, dtype=teacher_dtype(cfg, model), attn=teacher_attention(model))
     max_id = max(max(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
@@ -150,9 +153,10 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
     args = training_args(cfg, out_dir, tokenizer, model, config_cls=GKDConfig, lmbda=g.lmbda, beta=g.beta,
                          temperature=g.temperature, max_new_tokens=g.max_new_tokens, seq_kd=g.seq_kd,
                          packing=False, padding_free=False)
-    return data_parallel_gkd(GKDTrainer)(
+    trainer = data_parallel_gkd(GKDTrainer)(
         model=model, teacher_model=teacher_model, args=args, train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer, peft_config=lora_config_for(cfg, tokenizer, model), callbacks=callbacks)
+    return trainer, rows, overlong
 
 
 def data_parallel_gkd(base: type) -> type:

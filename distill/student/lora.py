@@ -107,19 +107,24 @@ def merge_lora(model: Any) -> Any:
 
 
 def merge_adapter_folder(base_ref: str, adapter_dir: str | Path, out_dir: str | Path, *, config: Any = None,
-                         vocab_size: int | None = None, dtype: str = "bfloat16") -> Path:
+                         tokenizer: Any = None, vocab_size: int | None = None, dtype: str = "bfloat16") -> Path:
     """Reload ``base_ref`` unquantised (with the training run's ``config``: RoPE overrides), grow its embeddings to
-    the training vocabulary (R1 tokens), apply the adapter saved in ``adapter_dir``, merge and save to ``out_dir``.
+    the training vocabulary (R1 tokens), apply the adapter saved in ``adapter_dir``, merge and save to ``out_dir``,
+    with the special-token ids of the training ``tokenizer`` (the reloaded config.json names the base's).
     Used after QLoRA and after sharded runs, where the in-memory model is 4-bit or partitioned."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    from .template import align_special_ids
 
     kwargs = {"config": config} if config is not None else {}
     base = AutoModelForCausalLM.from_pretrained(base_ref, dtype=getattr(torch, dtype), **kwargs)
     if vocab_size and vocab_size != base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(vocab_size, mean_resizing=True)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    if tokenizer is not None:
+        align_special_ids(merged.config, tokenizer)
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir)
     return out_dir

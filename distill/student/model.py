@@ -27,7 +27,7 @@ from .distributed import check_gpus, launcher_kind, receives_weights_from_main
 from .efficiency import resolve_attn_implementation, resolve_bf16, resolve_padding_free
 from .lora import is_peft_model, is_quantized, merge_lora, quantization_config
 from .memory import GiB, preflight
-from .template import prepare_chat_format
+from .template import align_special_ids, prepare_chat_format
 
 ARCHITECTURES = {"qwen2": (Qwen2Config, "Qwen2ForCausalLM"), "llama": (LlamaConfig, "LlamaForCausalLM")}
 
@@ -185,8 +185,7 @@ def align_eos(model: Any, tokenizer: Any, sampling: SamplingConfig | None = None
     """Make the model config and generation config stop on the tokenizer's EOS (the template's end of turn)."""
     sampling = sampling or SamplingConfig()
     eos = tokenizer.eos_token_id
-    model.config.eos_token_id = eos
-    model.config.pad_token_id = tokenizer.pad_token_id
+    align_special_ids(model.config, tokenizer)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
         do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,

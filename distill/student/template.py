@@ -63,6 +63,16 @@ def embedding_rows(model: Any) -> int:
     return int(getattr(weight, "ds_shape", weight.shape)[0])
 
 
+def align_special_ids(config: Any, tokenizer: Any) -> Any:
+    """``config`` with the tokenizer's BOS, EOS and PAD ids (R1's, once template.install_r1_format ran), in place of
+    the base's (Llama 3.3 Instruct's ``<|eot_id|>``, Qwen2.5's ``<|endoftext|>``): whatever reads config.json
+    rather than generation_config.json then stops where the student was trained to."""
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
 def stop_automatic_special_tokens(tokenizer: Any) -> bool:
     """Make tokenizing text add no special tokens of the tokenizer's own; True if it used to.
 

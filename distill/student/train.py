@@ -57,6 +57,43 @@ def training_pairs(kept_dir: str | Path, tokenizer: Any) -> list[dict[str, str]]
     return rows
 
 
+TOKENIZE_BATCH = 1024  # texts per tokenizer call: only their lengths are kept (800k traces' ids would not fit)
+
+
+def token_lengths(texts: list[str], tokenizer: Any) -> list[int]:
+    """Tokens in each rendered text, as the trainer will see them (the template writes BOS/EOS; the tokenizer adds
+    nothing: template.stop_automatic_special_tokens)."""
+    lengths: list[int] = []
+    for i in range(0, len(texts), TOKENIZE_BATCH):
+        batch = tokenizer(texts[i:i + TOKENIZE_BATCH], add_special_tokens=False, verbose=False)["input_ids"]
+        lengths += [len(ids) for ids in batch]
+    return lengths
+
+
+def drop_overlong(rows: list[Any], texts: list[str], tokenizer: Any, max_length: int | None) -> tuple[list[Any], int]:
+    """``rows`` whose rendered text fits in ``max_length`` tokens, and how many did not.
+
+    Why drop rather than let TRL truncate: a trace cut at ``max_length`` (TRL keeps the start for SFT, the end for
+    GKD) loses its ``</think>``, its answer and its EOS, so the student learns from its longest traces to keep
+    reasoning and never stop (REFERENCE.md pitfall 1); a GKD row cut from the left loses its BOS and question, or
+    fails mid-run when the completion alone is too long. Teachers sample up to 32k new tokens while a student may
+    train at 16k, so this is not rare; the count goes into the run's metrics and a warning names the setting."""
+    if max_length is None:
+        return rows, 0
+    kept = [row for row, n in zip(rows, token_lengths(texts, tokenizer)) if n <= max_length]
+    dropped = len(rows) - len(kept)
+    if not kept:
+        raise DistillError(f"every one of the {len(rows):,} kept traces is longer than {max_length:,} tokens; raise "
+                           "train.max_length", where="student.train.max_length")
+    if dropped and distributed.is_main_process():
+        from ..progress import console
+
+        console.print(f"train: {dropped:,} of {len(rows):,} traces ({dropped / len(rows):.1%}) are longer than "
+                      f"train.max_length ({max_length:,} tokens) and are left out: cut, they would end without "
+                      "their answer and EOS", style="yellow", highlight=False)
+    return kept, dropped
+
+
 def resolved_settings(cfg: StudentConfig, model: Any = None) -> dict[str, Any]:
     """What this machine will actually use for the recipe's ``auto`` settings (recorded in the stage metrics)."""
     t = cfg.train
@@ -314,7 +351,6 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
     if t.threads:
         torch.set_num_threads(t.threads)
     out_dir = Path(out_dir)
-    rows = training_pairs(kept_dir, tokenizer)
     settings = resolved_settings(cfg, model)
     callbacks = tensorboard_callbacks(cfg, out_dir) + liger_callbacks(settings["liger_provider"])
     with warnings.catch_warnings(), liger_package_kernels(model, settings["liger_provider"]):
@@ -322,13 +358,16 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
         if t.distill_method == "gkd":
             from .gkd import gkd_trainer
 
-            trainer = gkd_trainer(model, tokenizer, cfg, kept_records(kept_dir), out_dir,
-                                  teacher=t.gkd.teacher or teacher_model, callbacks=callbacks)
+            trainer, rows, overlong = gkd_trainer(model, tokenizer, cfg, kept_records(kept_dir), out_dir,
+                                                  teacher=t.gkd.teacher or teacher_model, callbacks=callbacks)
         else:
             from trl import SFTTrainer
 
             from .ulysses import ulysses_sft_trainer
 
+            pairs = training_pairs(kept_dir, tokenizer)
+            rows, overlong = drop_overlong(pairs, [r["prompt"] + r["completion"] for r in pairs], tokenizer,
+                                           t.max_length)
             trainer_cls = SFTTrainer if t.parallel.sequence_parallel_size == 1 else \
                 ulysses_sft_trainer(SFTTrainer)
             trainer = trainer_cls(model=model, args=training_args(cfg, out_dir, tokenizer, model),
@@ -349,7 +388,7 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
     if distributed.is_main_process():
         plot_loss(history, out_dir / "loss.png")
     tokens = trainer.state.num_input_tokens_seen
-    return {"examples": len(rows), "steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4),
+    return {"examples": len(rows), "overlong_dropped": overlong, "steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4),
             "final_loss": history[-1]["loss"] if history else None, "seconds": round(seconds, 1),
             "tokens": tokens, "tokens_per_s": round(tokens / max(seconds, 1e-6)) if tokens else None,
             "loss_curve": [(h["step"], h["loss"]) for h in history],
@@ -456,7 +495,7 @@ def save_trained(trainer: Any, tokenizer: Any, cfg: StudentConfig, out: Path, sa
 
                 base = loadable_ref(cfg.base)
                 base_config = apply_config_overrides(AutoConfig.from_pretrained(base), cfg)
-                merge_adapter_folder(base, target, out, config=base_config,
+                merge_adapter_folder(base, target, out, config=base_config, tokenizer=tokenizer,
                                      vocab_size=model.get_input_embeddings().weight.shape[0])
             elif peft:
                 out = target
