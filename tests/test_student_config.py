@@ -272,6 +272,10 @@ def test_more_gpus_than_present_is_refused_before_loading():
         distributed.check_gpus(ParallelSettings(sequence_parallel_size=2), visible=0, local_processes=1, world=1)
     hint = distributed.check_gpus(eight, visible=8, local_processes=1, world=1)  # fits, but uses one GPU of 8
     assert "accelerate launch --config_file configs/accelerate/zero3.yaml" in hint
+    # a GPU config (bf16) launched on a node without GPUs; the same processes in fp32 are CPU processes (tests)
+    with pytest.raises(DistillError, match="8 processes in bf16 .* this node has 0 GPUs visible.*mixed_precision: no"):
+        distributed.check_gpus(one, visible=0, local_processes=8, world=8, mixed_precision="bf16")
+    assert distributed.check_gpus(one, visible=0, local_processes=2, world=2, mixed_precision="no") is None
 
 
 def test_cli_recipe_wanting_more_gpus_than_present_fails_fast(tmp_path):

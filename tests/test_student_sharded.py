@@ -571,3 +571,21 @@ def test_fsdp2_ring_attention_run_killed_mid_training_resumes_on_more_rings(tiny
     assert int(log[0].split("train: step ")[1].split("/")[0]) == 12
     assert manifest["metrics"]["settings"]["sharding"] == "fsdp2 + ring-cp2"
     assert_same_curve(reference, manifest, rel=1e-5, steps=16)
+
+
+def test_a_gpu_config_launched_on_a_node_without_gpus_is_refused_before_loading(tiny_run, tmp_path):
+    """The shipped zero3.yaml as it is (bf16) on this GPU-less node: every process used to build the student,
+    tokenize the traces and then die on DeepSpeed's bf16 mismatch, a traceback per rank. Now each rank stops at
+    the GPU check, before any weights load, naming the setting to change."""
+    recipe, new_run, _ = tiny_run
+    config = yaml.safe_load((ROOT / "configs/accelerate/zero3.yaml").read_text())
+    config.update(num_processes=2, num_machines=1, rdzv_backend="static")
+    (tmp_path / "zero3-bf16.yaml").write_text(yaml.safe_dump(config))
+    run = new_run("bf16-no-gpu")
+    cmd, env = launch_command(tmp_path / "zero3-bf16.yaml", recipe, run)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "error: accelerate launch: 2 processes in bf16 (an accelerate config for GPUs) and this node has 0 GPUs" \
+        in proc.stdout
+    assert "mismatch" not in proc.stdout and not (run / "student" / "model").exists()

@@ -36,23 +36,35 @@ def visible_gpus() -> int:
 
 
 def check_gpus(parallel: ParallelSettings, visible: int | None = None, local_processes: int | None = None,
-               world: int | None = None) -> str | None:
+               world: int | None = None, mixed_precision: str | None = None) -> str | None:
     """Refuse a launch that asks for more GPUs than this node has, or whose processes do not split into the
     recipe's sequence/context-parallel groups; return a warning for a multi-GPU recipe run as one process. Checked
     before any weights load, so a 70B recipe fails in a second, not after loading.
 
     Why: more processes than GPUs on a node dies inside torch with "invalid device ordinal"; a recipe laid out for
     8 GPUs per node on 4 would run with twice the per-GPU shard and gradient accumulation and likely run out of
-    memory hours in. Either is one clear error naming the key to change."""
+    memory hours in. Either is one clear error naming the key to change.
+
+    With no GPU at all, several processes are legitimate only as CPU processes (the tests run the shipped configs
+    that way, with ``mixed_precision: no``). A launch in bf16/fp16 (``mixed_precision`` of the accelerate config,
+    exported by accelerate as ACCELERATE_MIXED_PRECISION) on a node without GPUs is a GPU config on the wrong
+    machine: it used to start every process, load and tokenize, then fail on each rank with DeepSpeed's "bf16
+    mismatch" traceback."""
     visible = visible_gpus() if visible is None else visible
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local_processes is None else local_processes
     world = world_size() if world is None else world
+    mixed_precision = (os.environ.get("ACCELERATE_MIXED_PRECISION", "no") if mixed_precision is None
+                       else mixed_precision)
     devices = os.environ.get("CUDA_VISIBLE_DEVICES")
     seen = f"{visible} GPU{'s' if visible != 1 else ''} visible" + (f" (CUDA_VISIBLE_DEVICES={devices})"
                                                                     if devices is not None else "")
     if visible and local_processes > visible:
         raise DistillError(f"{local_processes} processes on this node but {seen}: launch one process per GPU "
                            f"(accelerate launch --num_processes {visible})", where="train.parallel")
+    if not visible and local_processes > 1 and mixed_precision in ("bf16", "fp16"):
+        raise DistillError(f"{local_processes} processes in {mixed_precision} (an accelerate config for GPUs) and "
+                           f"this node has {seen}: run it on a GPU node, or for CPU processes set mixed_precision: "
+                           "no in the accelerate config", where="accelerate launch")
     if parallel.gpus_per_node > max(visible, 1):
         raise DistillError(f"the recipe asks for {parallel.gpus_per_node} GPUs per node and this node has {seen}; "
                            f"to train on what is here, --set student.train.parallel.gpus_per_node={max(visible, 1)}"
