@@ -2,7 +2,8 @@
 
 Why this module exists (REFERENCE.md pitfalls 1-3):
 - The official R1-Distill chat template strips everything up to ``</think>`` from assistant turns, so training
-  data rendered through it silently loses its reasoning. Our template keeps the whole assistant turn.
+  data rendered through it silently loses its reasoning. Our template keeps the whole assistant turn being
+  trained (and strips only earlier turns of a conversation, as DeepSeek's does).
 - The generation prompt pre-fills ``<think>\\n``: generated text does not start with ``<think>``, so the prefill
   is put back before any format check (:func:`completion_to_response`).
 - The assistant turn ends with the end-of-sentence token, which is also the tokenizer's ``eos_token`` and the
@@ -27,13 +28,20 @@ ADDED_TOKENS = [THINK_OPEN, THINK_CLOSE]
 
 MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 
-# R1-Distill layout, with the assistant turn rendered whole (no split on </think>).
+# R1-Distill layout. The assistant turn being trained (the last message, no generation prompt) is rendered whole;
+# earlier assistant turns lose their think block, as in DeepSeek's template and API (a served multi-turn chat would
+# otherwise carry every past reasoning, thousands of tokens a turn). A role the layout has no place for (tool,
+# developer) is an error, not silently dropped text.
 R1_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }}"
     "{% elif message['role'] == 'user' %}" + USER + "{{ message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "{{ message['content'] }}" + EOS +
+    "{% elif message['role'] == 'assistant' %}{% set content = message['content'] %}"
+    "{% if (add_generation_prompt or not loop.last) and '" + THINK_CLOSE + "' in content %}"
+    "{% set content = content.split('" + THINK_CLOSE + "')[-1].lstrip() %}{% endif %}"
+    + ASSISTANT + "{{ content }}" + EOS +
+    "{% else %}{{ raise_exception('the R1 chat format has no place for a message with role ' + message['role']) }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}" + ASSISTANT + THINK_PREFILL + "{% endif %}"

@@ -9,11 +9,9 @@ from distill.chat_template import (EOS, MATH_SUFFIX, R1_CHAT_TEMPLATE, TemplateE
                                    render_training_pair)
 from tests.conftest import TINY_TEACHER
 
-# The official R1-Distill template's assistant branch, which deletes the reasoning: content.split('</think>')[-1].
-STRIPPING_TEMPLATE = R1_CHAT_TEMPLATE.replace(
-    "{{ message['content'] }}" + EOS,
-    "{% set content = message['content'] %}{% if '</think>' in content %}"
-    "{% set content = content.split('</think>')[-1] %}{% endif %}{{ content }}" + EOS)
+# The official R1-Distill template strips every assistant turn, the trained one too: content.split("</think>")[-1].
+STRIPPING_TEMPLATE = R1_CHAT_TEMPLATE.replace("(add_generation_prompt or not loop.last) and ", "")  # every turn
+assert STRIPPING_TEMPLATE != R1_CHAT_TEMPLATE
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +49,26 @@ def test_generation_config_eos_matches_template(tokenizer):
     eos = gc.eos_token_id if isinstance(gc.eos_token_id, list) else [gc.eos_token_id]
     assert tokenizer.eos_token == EOS and tokenizer.eos_token_id in eos
     assert gc.temperature == 0.6 and gc.top_p == 0.95
+
+
+def test_earlier_turns_lose_their_reasoning_and_the_trained_turn_keeps_it(tokenizer):
+    """DeepSeek's layout for a conversation: past assistant turns are sent back without their think block (the
+    served student would otherwise re-read every past reasoning); the turn being trained keeps all of it."""
+    first = "<think>\nLONG REASONING OF TURN 1\n</think>\n\n4"
+    history = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": first},
+               {"role": "user", "content": "and 3+3?"}]
+    prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+    assert prompt == ("<｜begin▁of▁sentence｜><｜User｜>2+2?<｜Assistant｜>4<｜end▁of▁sentence｜>"
+                      "<｜User｜>and 3+3?<｜Assistant｜><think>\n")
+    trained = tokenizer.apply_chat_template(history + [{"role": "assistant", "content": "<think>\nR2\n</think>\n\n6"}],
+                                            tokenize=False)
+    assert "LONG REASONING" not in trained and trained.endswith("<｜Assistant｜><think>\nR2\n</think>\n\n6" + EOS)
+
+
+@pytest.mark.parametrize("role", ["tool", "developer"])
+def test_a_role_the_format_cannot_place_is_an_error(tokenizer, role):
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+
+    with pytest.raises(JinjaTemplateError, match=f"no place for a message with role {role}"):
+        tokenizer.apply_chat_template([{"role": role, "content": "x"}, {"role": "user", "content": "2+2?"}],
+                                      tokenize=False, add_generation_prompt=True)
