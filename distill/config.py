@@ -7,13 +7,17 @@ and the key instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
+import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .catalog import find_entry
 from .errors import DistillError
@@ -21,6 +25,146 @@ from .errors import DistillError
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class KeyedValueError(ValueError):
+    """A validator's complaint about one key below the field or model that raised it (``key``, dotted): the error
+    names ``train.lr_scheduler_kwargs.min_lr_ratee`` rather than just ``train``. ``related``: other keys (relative
+    to the same place) that take part, so that a ``--set`` of one of them is named as the cause."""
+
+    def __init__(self, key: str, message: str, related: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.key = key
+        self.related = related
+
+
+def _close(word: str, choices: Any) -> str:
+    near = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}{_close(value, choices)}; transformers knows: {', '.join(choices)}")
+    return value
+
+
+# What transformers accepts is asked of transformers itself (imported on first use: it pulls in torch).
+@functools.lru_cache(maxsize=None)
+def optimizer_names() -> tuple[str, ...]:
+    from transformers.training_args import OptimizerNames
+
+    return tuple(o.value for o in OptimizerNames)
+
+
+@functools.lru_cache(maxsize=None)
+def scheduler_names() -> tuple[str, ...]:
+    from transformers.trainer_utils import SchedulerType
+
+    return tuple(s.value for s in SchedulerType)
+
+
+@functools.lru_cache(maxsize=None)
+def reporting_integrations() -> tuple[str, ...]:
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
+
+    return tuple(INTEGRATION_TO_CALLBACK)
+
+
+@functools.lru_cache(maxsize=None)
+def scheduler_parameters(name: str) -> tuple[str, dict[str, bool] | None]:
+    """(the schedule function's name, {keyword it takes from lr_scheduler_kwargs: whether it is required}) for the
+    scheduler ``name``, read from the function transformers' get_scheduler calls; None when it takes ``**kwargs``
+    that cannot be traced to one class. get_scheduler passes the optimizer and the warmup/training step counts
+    itself, and gives the constant schedules no kwargs at all."""
+    import transformers.optimization as opt
+    from transformers.trainer_utils import SchedulerType
+
+    kind = SchedulerType(name)
+    func = opt.TYPE_TO_SCHEDULER_FUNCTION[kind]
+    if kind in (SchedulerType.CONSTANT, SchedulerType.CONSTANT_WITH_WARMUP):
+        return func.__name__, {}
+    params = list(inspect.signature(func).parameters.values())[1:]  # the optimizer
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        # get_reduce_on_plateau_schedule / get_greedy_schedule hand **kwargs to one class (ReduceLROnPlateau, GreedyLR)
+        classes = [obj for n in func.__code__.co_names if inspect.isclass(obj := func.__globals__.get(n))]
+        if len(classes) != 1:
+            return func.__name__, None
+        params = list(inspect.signature(classes[0].__init__).parameters.values())[2:]  # self, optimizer
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return func.__name__, None
+    return func.__name__, {p.name: p.default is p.empty for p in params
+                           if p.name not in ("num_warmup_steps", "num_training_steps")
+                           and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+# init_config keys the builder sets from the tokenizer (distill/student/model.py build_student); vocab_size is allowed
+# (`distill student plan` needs it for a student whose vocabulary comes from the run's teacher)
+_FROM_TOKENIZER = ("bos_token_id", "eos_token_id", "pad_token_id")
+# read by the modeling code (getattr) though the config classes do not declare it (Qwen2)
+_READ_BY_MODELS = ("head_dim",)
+
+
+@functools.lru_cache(maxsize=None)
+def _config_keys(architecture: str) -> frozenset[str]:
+    """The keys an architecture's config class declares (its __init__ parameters and what a default one holds)."""
+    from transformers import CONFIG_MAPPING
+
+    config_cls = CONFIG_MAPPING[architecture]
+    declared = set(inspect.signature(config_cls.__init__).parameters) - {"self"}
+    return frozenset(declared | set(config_cls().to_dict()) | set(_READ_BY_MODELS))
+
+
+def check_init_config(architecture: str, init_config: dict[str, Any]) -> None:
+    """Check a random student's ``init_config`` against its architecture's transformers config class: keys it
+    knows, their types (the class's own strict checks), positive sizes, and head counts that divide (what
+    otherwise stops at the first forward pass with a tensor-size error). Raises KeyedValueError naming the key."""
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+    from transformers import CONFIG_MAPPING
+
+    config_cls = CONFIG_MAPPING[architecture]
+    name = config_cls.__name__
+    for key in init_config:
+        if key in _FROM_TOKENIZER:
+            raise KeyedValueError(key, "is set from the student's tokenizer; remove it from init_config")
+    for key, value in init_config.items():
+        sized = key.endswith("_size") or key.startswith("num_") or key in ("head_dim", "max_position_embeddings")
+        if sized and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise KeyedValueError(key, f"must be a positive integer, not {value}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = config_cls(**init_config)
+    except StrictDataclassFieldValidationError as exc:
+        lines = str(exc).strip().splitlines()
+        field = lines[0].split("'")[1] if lines[0].count("'") >= 2 else ""
+        detail = lines[-1].strip().split(": ", 1)[-1]
+        raise KeyedValueError(field, f"{detail} ({name})") if field in init_config else \
+            ValueError(f"init_config: {detail} ({name})") from None
+    except Exception as exc:  # noqa: BLE001 - the config class's own checks (layer types, rope parameters, ...)
+        detail = " ".join(str(exc).split()) or exc.__class__.__name__
+        raise ValueError(f"init_config is not a valid {name}: {detail[:300]}") from None
+    known = _config_keys(architecture)
+    kept = config.to_dict()
+    for key in init_config:
+        if key not in known and key in kept:  # not declared, not consumed (rope_theta is: it becomes rope_parameters)
+            raise KeyedValueError(key, f"not a setting of {name}{_close(key, sorted(known))}")
+    heads, hidden = config.num_attention_heads, config.hidden_size
+    if not init_config.get("head_dim") and hidden % heads:
+        key = "num_attention_heads" if "num_attention_heads" in init_config else "hidden_size"
+        raise KeyedValueError(key, f"hidden_size {hidden} is not divisible by num_attention_heads {heads} (each "
+                                   "head gets hidden_size / num_attention_heads dimensions)")
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    if heads % kv:
+        key = "num_key_value_heads" if "num_key_value_heads" in init_config else "num_attention_heads"
+        raise KeyedValueError(key, f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+    act = getattr(config, "hidden_act", None)
+    if "hidden_act" in init_config and isinstance(act, str):
+        from transformers.activations import ACT2FN
+
+        if act not in ACT2FN:
+            raise KeyedValueError("hidden_act", f"unknown activation {act!r}{_close(act, ACT2FN)}; transformers "
+                                                f"knows: {', '.join(sorted(ACT2FN))}")
 
 
 class SamplingConfig(Strict):
@@ -280,20 +424,20 @@ class TrainConfig(Strict):
     flash-attention on a GPU that has them, Liger kernels (as Hub kernels) when the kernels package is installed,
     TensorBoard/W&B when installed."""
     learning_rate: float = Field(1e-5, gt=0)
-    lr_scheduler_type: str = "cosine"
+    lr_scheduler_type: str = Field("cosine", description="one of transformers' SchedulerType values")
     lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {min_lr_rate: 0.1} for "
-                                                "cosine_with_min_lr")
+                                                "cosine_with_min_lr; checked against the schedule's parameters")
     warmup_ratio: float = Field(0.03, ge=0, le=1)
     num_train_epochs: float = Field(3.0, gt=0)
-    max_steps: int = -1
+    max_steps: int = Field(-1, ge=-1, description="-1: train num_train_epochs; else this many steps (>= 1)")
     per_device_train_batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     global_batch_size: int | None = Field(None, ge=1, description="if set, gradient_accumulation_steps is derived "
                                           "at launch: global / (per_device x data-parallel processes)")
     max_length: int = Field(32768, ge=16)
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch"
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm; 0: no clipping")
+    weight_decay: float = Field(0.0, ge=0)
+    optim: str = Field("adamw_torch", description="one of transformers' OptimizerNames values")
     adam_beta2: float = Field(0.999, gt=0, lt=1, description="0.98 steadies high learning rates on tiny models")
     packing: bool = False
     packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = "bfd"
@@ -309,16 +453,64 @@ class TrainConfig(Strict):
                                           "and on a GPU")
     gradient_checkpointing: bool = False
     bf16: bool | None = Field(None, description="null: on when the GPU supports bf16; off on CPU")
-    logging_steps: int = 10
-    report_to: Literal["auto", "none", "tensorboard", "wandb"] | list[str] = Field(
-        "auto", description="auto: tensorboard and/or wandb when installed, else none")
+    logging_steps: int = Field(10, ge=1)
+    report_to: str | list[str] = Field(
+        "auto", description="auto: tensorboard and/or wandb when installed, else none; none; or the name (or a "
+        "list of names) of trackers transformers integrates (tensorboard, wandb, mlflow, ...)")
     save_steps: int = Field(200, ge=1, description="checkpoint every N steps; a rerun resumes from the last one")
     save_total_limit: int | None = Field(1, ge=1)
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null: torch's default")
     distill_method: Literal["sft", "gkd"] = Field("sft", description="gkd: logit distillation (shared tokenizer)")
     gkd: GKDSettings = Field(default_factory=GKDSettings)
     parallel: ParallelSettings = Field(default_factory=ParallelSettings)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (train num_train_epochs) or a number of steps >= 1, not 0")
+        return value
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        return _check_choice(value, optimizer_names(), "optimizer")
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        return _check_choice(value, scheduler_names(), "scheduler")
+
+    @model_validator(mode="after")
+    def _scheduler_takes_kwargs(self) -> "TrainConfig":
+        """lr_scheduler_kwargs against the parameters of the chosen schedule (a misspelt key was a TypeError when
+        training began)."""
+        name, kwargs = self.lr_scheduler_type, self.lr_scheduler_kwargs
+        func, params = scheduler_parameters(name)
+        if params is None:
+            return self
+        for key in kwargs:
+            if key not in params:
+                takes = ", ".join(params) or "no lr_scheduler_kwargs"
+                raise KeyedValueError(f"lr_scheduler_kwargs.{key}", f"not a parameter of the {name} schedule "
+                                      f"({func}){_close(key, params)}; it takes: {takes}", ("lr_scheduler_type",))
+        for key, required in params.items():
+            if required and key not in kwargs:
+                raise KeyedValueError(f"lr_scheduler_kwargs.{key}", f"the {name} schedule ({func}) requires it",
+                                      ("lr_scheduler_type",))
+        return self
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str) and value in ("auto", "none"):
+            return value
+        for name in [value] if isinstance(value, str) else value:
+            if name not in reporting_integrations():
+                raise ValueError(f"unknown tracker {name!r}{_close(name, reporting_integrations())}; use auto, none "
+                                 f"or trackers transformers integrates: {', '.join(reporting_integrations())}")
+        return value
 
     @model_validator(mode="after")
     def _sequence_shards_evenly(self) -> "TrainConfig":
@@ -361,8 +553,24 @@ class StudentConfig(Strict):
                                                           "bf16), bfloat16 for LoRA/QLoRA and DeepSpeed")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     licence: str = "apache-2.0"
-    train: TrainConfig = TrainConfig()
+    # a factory, not an instance: building the default here would check it against transformers at import time
+    train: TrainConfig = Field(default_factory=TrainConfig)
     description: str = ""
+
+    @model_validator(mode="after")
+    def _one_way_to_build(self) -> "StudentConfig":
+        if self.base and self.init_config is not None:
+            raise KeyedValueError("init_config", "a student has either base (a pretrained model) or init_config (a "
+                                  "random one), not both: base would load and init_config be ignored; remove one "
+                                  "(or override it with null)", ("base",))
+        if self.init_config:
+            try:
+                check_init_config(self.architecture, self.init_config)
+            except KeyedValueError as exc:
+                raise KeyedValueError(f"init_config.{exc.key}", str(exc), ("architecture",)) from None
+            except ValueError as exc:
+                raise KeyedValueError("init_config", str(exc), ("architecture",)) from None
+        return self
 
 
 class BenchmarkConfig(Strict):
@@ -427,11 +635,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise DistillError(f"override {text!r} must look like key.path=value", where="--set")
     key, _, raw = text.partition("=")
+    keys = [k.strip() for k in key.strip().split(".")]
+    if not all(keys):
+        problem = "no key before '='" if not key.strip() else "an empty key between dots"
+        raise DistillError(f"override {text!r} is malformed ({problem}); it must look like key.path=value",
+                           where="--set")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    return keys, value
 
 
 def set_path(data: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
@@ -458,9 +671,11 @@ def set_path(data: dict[str, Any], keys: list[str], value: Any, text: str) -> No
             node = node[k]
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, list[tuple[list[str], Any, str]]]:
+def apply_overrides(data: dict[str, Any], overrides: list[str],
+                    applied: list[tuple[list[str], str]] | None = None) -> dict[str, list[tuple[list[str], Any, str]]]:
     """Apply ``--set`` overrides in place. Overrides into a catalog reference (``teacher.sampling.n=8`` where
-    ``teacher: tiny-arith``) are returned per kind, to be applied to that entry when it is loaded."""
+    ``teacher: tiny-arith``) are returned per kind, to be applied to that entry when it is loaded; the others'
+    (keys, text) are appended to ``applied``, so that an error at their keys can name them."""
     per_entry: dict[str, list[tuple[list[str], Any, str]]] = {}
     for text in overrides or []:
         keys, value = parse_override(text)
@@ -468,11 +683,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, lis
             per_entry.setdefault(keys[0], []).append((keys[1:], value, text))
         else:
             set_path(data, keys, value, text)
+            if applied is not None:
+                applied.append((keys, text))
     return per_entry
 
 
 # the branches of a catalog field (``student: str | StudentConfig``) as pydantic names them in an error's location
 _CATALOG_BRANCHES = {"str"} | {model.__name__ for _, model in CATALOG_KIND.values()}
+
+
+def _branch(part: Any) -> str | None:
+    """The branch a union error's location part names: ``StudentConfig``, or the same written as
+    ``function-after[_one_way_to_build(), StudentConfig]`` for a model with an after-validator; else None."""
+    if isinstance(part, str) and part.startswith("function-") and part.endswith("]"):
+        part = part[:-1].rsplit(", ", 1)[-1]
+    return part if part in _CATALOG_BRANCHES else None
 
 
 def _taken_branch_errors(errors: list[Any], data: dict[str, Any]) -> list[Any]:
@@ -483,23 +708,44 @@ def _taken_branch_errors(errors: list[Any], data: dict[str, Any]) -> list[Any]:
     kept = []
     for err in errors:
         loc = err["loc"]
-        if len(loc) > 1 and loc[0] in CATALOG_KIND and loc[1] in _CATALOG_BRANCHES:
-            if (loc[1] == "str") != isinstance(data.get(loc[0]), str):
+        if len(loc) > 1 and loc[0] in CATALOG_KIND and _branch(loc[1]):
+            if (_branch(loc[1]) == "str") != isinstance(data.get(loc[0]), str):
                 continue
             err = {**err, "loc": (loc[0], *loc[2:])}
         kept.append(err)
     return kept or errors
 
 
-def _validate(model: type[Strict], data: dict[str, Any], where: str) -> Any:
+def _blame(locs: list[tuple[str, ...]], where: str, overrides: list[tuple[list[str], str]]) -> str:
+    """Who to name for an error at ``locs[0]`` (``locs[1:]``: keys that take part): the ``--set`` overrides of those
+    keys or of one above them (the typo is in the override, not the file); for an error about a section that
+    overrides changed inside, the file with them."""
+    at = [text for keys, text in overrides if any(loc[:len(keys)] == tuple(keys) for loc in locs)]
+    if at:  # the file too: the key in the message is relative to it
+        return ", ".join(f"--set {t}" for t in dict.fromkeys(at)) + f", applied to {where}"
+    inside = [text for keys, text in overrides if tuple(keys[:len(locs[0])]) == locs[0]]
+    return f"{where} with " + ", ".join(f"--set {t}" for t in inside) if inside else where
+
+
+def _validate(model: type[Strict], data: dict[str, Any], where: str,
+              overrides: list[tuple[list[str], str]] | None = None) -> Any:
+    """``overrides``: the (keys, text) of the ``--set`` overrides applied to ``data``, to name in errors they cause."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         errors = _taken_branch_errors(exc.errors(), data)
         err = errors[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc, msg = tuple(str(p) for p in err["loc"]), err["msg"]
+        locs = [loc]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, KeyedValueError):
+            locs = [(*loc, *k.split(".")) for k in (cause.key, *cause.related)]
+            msg = str(cause)
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        key = ".".join(locs[0]) or "(top level)"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise DistillError(f"key '{key}': {err['msg']}{more}", where=where) from None
+        raise DistillError(f"key '{key}': {msg}{more}", where=_blame(locs, where, overrides or [])) from None
 
 
 def load_entry(kind: str, ref: str | dict[str, Any], overrides: list[tuple[list[str], Any, str]] | None = None) -> Any:
@@ -513,7 +759,7 @@ def load_entry(kind: str, ref: str | dict[str, Any], overrides: list[tuple[list[
         data, where = dict(ref), f"<inline {kind}>"
     for keys, value, text in overrides or []:
         set_path(data, keys, value, text)
-    return _validate(model, data, where)
+    return _validate(model, data, where, [(keys, text) for keys, _, text in overrides or []])
 
 
 class ResolvedRecipe(BaseModel):
@@ -541,9 +787,10 @@ def load_recipe(ref: str, overrides: list[str] | None = None) -> ResolvedRecipe:
     """Load a run recipe by catalog name (``recipes/NAME.yaml``) or path, apply ``--set`` overrides, resolve refs."""
     path = find_entry("recipes", ref)
     data = read_yaml(path)
-    per_entry = apply_overrides(data, overrides or [])
+    applied: list[tuple[list[str], str]] = []
+    per_entry = apply_overrides(data, overrides or [], applied)
     data.setdefault("name", path.stem)
-    recipe = _validate(RunRecipe, data, str(path))
+    recipe = _validate(RunRecipe, data, str(path), applied)
     resolved = {}
     for kind in ("data", "teacher", "student", "eval"):
         ref_value = getattr(recipe, kind)
