@@ -6,28 +6,24 @@ stages can be run one by one or all at once, and rerun after a crash.
 
 from __future__ import annotations
 
-import os
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from .entry import print_warnings_once, run_reporting_errors, set_library_env_defaults
 from .errors import DistillError
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# Our own progress bars say what matters; the libraries' per-file loading bars and advisories only add noise.
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+set_library_env_defaults()
 
 app = typer.Typer(help="Distill DeepSeek-R1-style reasoning into small students: teacher -> filter -> student "
                        "-> eval -> export.", no_args_is_help=True, pretty_exceptions_enable=False,
                   add_completion=False)
 teacher_app = typer.Typer(help="Teacher stage: generate reasoning traces and filter them.", no_args_is_help=True)
-student_app = typer.Typer(help="Student stage: supervised fine-tuning on the kept traces.", no_args_is_help=True)
+student_app = typer.Typer(help="Student stage: fine-tune a student on the kept traces (SFT, or GKD logit "
+                                "distillation), and plan its GPU memory before renting GPUs.", no_args_is_help=True)
 export_app = typer.Typer(help="Closing stage: quantize, export with a model card, push to the Hub.",
                          no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
@@ -104,10 +100,12 @@ def teacher_import(fmt: Annotated[str, typer.Argument(help="openr1-math, opentho
                    split: Annotated[str, typer.Option(help="Dataset split (Hub ids).")] = "train",
                    limit: Annotated[Optional[int], typer.Option(help="Import at most this many rows.")] = None) -> None:
     """Import published traces into RUN/generations, ready for `teacher filter` and `student train`."""
-    from .manifest import Stage
-    from .records import ShardedJsonlStore
     from .data.importers import import_traces
+    from .manifest import Stage
+    from .pipeline import make_run_folder
+    from .records import ShardedJsonlStore
 
+    make_run_folder(out)
     st = Stage("generate", out / "generations", f"import:{fmt}:{source}:{split}:{limit}",
                {"format": fmt, "source": source, "split": split, "limit": limit})
     st.begin(force=True)
@@ -149,9 +147,11 @@ def student_plan(student: Annotated[str, typer.Argument(help="Student name in st
     from .config import load_entry, parse_override
     from .student.memory import GiB, plan_recipe, suggestions
 
+    if gpu_memory_gib is not None and not (math.isfinite(gpu_memory_gib) and gpu_memory_gib > 0):
+        raise DistillError(f"must be a positive number of GiB, not {gpu_memory_gib:g}", where="--gpu-memory-gib")
     st = load_entry("student", student, [(*parse_override(text), text) for text in set_ or []])
     plan = plan_recipe(st)
-    gpu = int((gpu_memory_gib or st.train.parallel.gpu_memory_gib) * GiB)
+    gpu = int((gpu_memory_gib if gpu_memory_gib is not None else st.train.parallel.gpu_memory_gib) * GiB)
     typer.echo(plan.summary(st))
     if st.train.distill_method == "gkd" and not st.train.gkd.teacher:
         typer.echo("GKD teacher not counted: train.gkd.teacher is unset (the run's teacher model is used)")
@@ -251,28 +251,14 @@ def list_cmd() -> None:
 
 
 def main() -> None:
-    """Entry point: user errors print one line and exit 2; no traceback walls."""
+    """Entry point: user errors print one line and exit 2; no traceback walls (entry.run_reporting_errors)."""
     from .progress import quiet_library_loggers
 
+    print_warnings_once()
     quiet_library_loggers()
-    try:
-        app()
-    except DistillError as exc:
-        from .manifest import redact
-
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - a bug, not bad input: one line, traceback on request
-        if os.environ.get("DISTILL_DEBUG"):
-            raise
-        from .manifest import redact
-
-        print(f"error: internal error {exc.__class__.__name__}: {redact(str(exc))[:500]} "
-              "(rerun with DISTILL_DEBUG=1 for the traceback)", file=sys.stderr)
-        sys.exit(1)
+    code = run_reporting_errors(app)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

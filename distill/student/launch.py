@@ -22,6 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..entry import print_warnings_once, run_reporting_errors, set_library_env_defaults
+
+set_library_env_defaults()  # before any library loads, as distill/cli.py: no progress bars from every rank
+
 
 def zero3_init_guard(out_dir: Path, bf16: bool) -> Any:
     """Under ``accelerate launch`` with a DeepSpeed config, creating TrainingArguments registers the DeepSpeed
@@ -58,6 +62,9 @@ def process_group_kwargs() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the train stage on this process; errors end it as ``distill`` (cli.main) ends: bad input is one
+    ``error:`` line and exit 2, anything else one ``error: internal error`` line and exit 1 (the traceback with
+    DISTILL_DEBUG=1), never a traceback from every rank."""
     parser = argparse.ArgumentParser(prog="python -m distill.student.launch", description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--out", required=True, type=Path)
@@ -65,14 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
 
+    print_warnings_once()
+    return run_reporting_errors(lambda: launch(args))
+
+
+def launch(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from ..config import load_recipe
-    from ..errors import DistillError
     from ..manifest import Stage
-    from ..pipeline import need, teacher_model_path
+    from ..pipeline import make_run_folder, need, teacher_model_path
     from ..progress import quiet_library_loggers
     from .efficiency import resolve_bf16
+    from .gkd import check_teacher
     from .model import build_student, save_untrained
     from .train import resumable_checkpoint, train_student
     from .ulysses import repair_gloo_all_to_all
@@ -82,37 +94,34 @@ def main(argv: list[str] | None = None) -> int:
     processes = state.num_processes  # as seen before training: who claims the folder and writes the baseline
     if state.backend == "gloo":
         repair_gloo_all_to_all()  # CPU runs of sequence parallelism over 2+ SP groups
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-        run, s = args.out, recipe.student
-        st = Stage("train", run / "student", recipe.fingerprint("data", "teacher", "filter", "student"),
-                   s.model_dump())
-        if st.is_complete() and not args.force:
-            if state.is_main_process:
-                print(f"train stage already complete in {st.folder}")
-            return 0
-        need(run / "filtered")
+    recipe = load_recipe(args.recipe, args.overrides)
+    run, s = args.out, recipe.student
+    st = Stage("train", run / "student", recipe.fingerprint("data", "teacher", "filter", "student"), s.model_dump())
+    if st.is_complete() and not args.force:
         if state.is_main_process:
-            st.begin(args.force)
-        state.wait_for_everyone()
-        resumable_checkpoint(st.folder)  # before any weights load: minutes for a 70B
-        guard = zero3_init_guard(st.folder, resolve_bf16(s.train.bf16))
-        model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
-        del guard
-        params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full sizes
-        # the eval stage's baseline
-        save_untrained(model, tokenizer, st.folder / "init", s, state.is_main_process)
-        metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder,
-                                sampling=recipe.teacher.sampling, teacher_model=teacher_model_path(recipe))
-        if state.is_main_process:
-            st.finish(inputs={"kept": str(run / "filtered" / "kept")},
-                      counts={"parameters": params, "examples": metrics["examples"],
-                              "processes": processes}, metrics=metrics)
-        state.wait_for_everyone()
+            print(f"train stage already complete in {st.folder}")
         return 0
-    except DistillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    make_run_folder(run)
+    need(run / "filtered")
+    check_teacher(s, teacher_model_path(recipe))  # a GKD teacher: before the student is built
+    if state.is_main_process:
+        st.begin(args.force)
+    state.wait_for_everyone()
+    resumable_checkpoint(st.folder)  # before any weights load: minutes for a 70B
+    guard = zero3_init_guard(st.folder, resolve_bf16(s.train.bf16))
+    model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
+    del guard
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full sizes
+    # the eval stage's baseline
+    save_untrained(model, tokenizer, st.folder / "init", s, state.is_main_process)
+    metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder,
+                            sampling=recipe.teacher.sampling, teacher_model=teacher_model_path(recipe))
+    if state.is_main_process:
+        st.finish(inputs={"kept": str(run / "filtered" / "kept")},
+                  counts={"parameters": params, "examples": metrics["examples"], "processes": processes},
+                  metrics=metrics)
+    state.wait_for_everyone()
+    return 0
 
 
 if __name__ == "__main__":
