@@ -75,6 +75,24 @@ def read_json(path: str | Path) -> Any:
         raise DistillError(f"invalid JSON ({exc.msg})", where=f"{path}:{exc.lineno}") from None
 
 
+def config_changes(before: Any, after: Any, shown: int = 3) -> str:
+    """The keys that differ between two stage configs, as ``key: old -> new`` (the first ``shown``), or "" when the
+    configs are equal: a refused rerun says what changed, not two fingerprints."""
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()} or \
+                {prefix.rstrip("."): {}}
+        return {prefix.rstrip("."): value}
+
+    def show(values: dict[str, Any], key: str) -> str:
+        return repr(values[key]) if key in values else "(unset)"
+
+    old, new = flat(before or {}), flat(after or {})
+    keys = [k for k in dict.fromkeys([*old, *new]) if show(old, k) != show(new, k)]
+    parts = [f"{k}: {show(old, k)} -> {show(new, k)}" for k in keys[:shown]]
+    return "; ".join(parts) + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
 class Stage:
     """Bookkeeping for one stage's output folder."""
 
@@ -100,10 +118,11 @@ class Stage:
         if marker.exists():
             prev = read_json(marker)
             if prev.get("fingerprint") != self.fingerprint:
-                raise DistillError(
-                    f"holds output of stage '{self.name}' made with a different config "
-                    f"({prev.get('fingerprint')} vs {self.fingerprint}); use a new --out or --force",
-                    where=str(self.folder))
+                changed = config_changes(prev.get("config"), self.config)
+                what = (f"a different config ({redact(changed)})" if changed else
+                        "different inputs (the config of a stage before it, or its data, changed)")
+                raise DistillError(f"holds output of stage '{self.name}' made with {what}; use a new --out or "
+                                   "--force", where=str(self.folder))
         if self.manifest_path.exists():
             self.manifest_path.unlink()
         write_json_atomic(marker, {"stage": self.name, "fingerprint": self.fingerprint, "config": self.config})

@@ -15,6 +15,8 @@ Run folder layout (every stage writes ``manifest.json`` last; a complete, matchi
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +47,26 @@ def need(folder: Path) -> None:
                            where=str(folder))
 
 
+def make_run_folder(run: Path) -> Path:
+    """Create the run folder (``--out``) and check this process can write in it: one error naming ``--out`` when it
+    is a file, sits under a file, or cannot be created or written (else a FileExistsError, NotADirectoryError or
+    PermissionError from deep inside the first stage)."""
+    where = f"--out {run}"
+    if run.exists() and not run.is_dir():
+        raise DistillError("is a file, not a folder: --out names the run folder (created if missing)", where=where)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=run)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = exc.strerror or exc.__class__.__name__
+        blocker = next((p for p in run.parents if p.exists() and not p.is_dir()), None)
+        detail = f" ({blocker} is a file)" if blocker is not None else ""
+        raise DistillError(f"cannot create or write the run folder: {why}{detail}", where=where) from None
+    return run
+
+
 def teacher_model_path(recipe: ResolvedRecipe) -> str:
     return model_ref(recipe.teacher.model)
 
@@ -53,6 +75,7 @@ def stage_prompts(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dic
     st = Stage("prompts", run / "prompts", recipe.fingerprint("data"), recipe.data.model_dump())
     if st.is_complete() and not force:
         return st.reused()
+    make_run_folder(run)
     st.begin(force)
     from .data.prompts import BadRows
 
@@ -119,6 +142,7 @@ def stage_merge(recipe: ResolvedRecipe, run: Path, n_shards: int, force: bool = 
     parts = [run / "generations-parts" / f"{i}-of-{n_shards}" for i in range(n_shards)]
     for part in parts:
         need(part)
+    make_run_folder(run)
     st.begin(force)
     written = merge_stores(parts, st.folder)
     tokens: dict[str, float] = {}
@@ -145,6 +169,7 @@ def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
 
 
 def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
+    from .student.gkd import check_teacher
     from .student.model import build_student, parameter_count, save_untrained
     from .student.train import train_student
 
@@ -153,6 +178,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
     if st.is_complete() and not force:
         return st.reused()
     need(run / "filtered")
+    check_teacher(s, teacher_model_path(recipe))  # a GKD teacher: before the student is built
     st.begin(force)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
     save_untrained(model, tokenizer, st.folder / "init", s)
@@ -165,6 +191,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
 def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     """The ablation: the same student, same settings, trained on every renderable trace (no correctness, format
     or dedup filtering), so the report shows what the filter buys."""
+    from .student.gkd import check_teacher
     from .student.model import build_student, save_untrained
     from .student.train import train_student
 
@@ -176,6 +203,7 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
     if st.is_complete() and not force:
         return st.reused()
     need(run / "generations")
+    check_teacher(s, teacher_model_path(recipe))
     st.begin(force)
     data = st.folder / "traces"
     usable = skipped = 0
@@ -190,7 +218,8 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
         store.append(batch)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
     save_untrained(model, tokenizer, st.folder / "init", s)
-    metrics = train_student(model, tokenizer, s, data, st.folder, sampling=recipe.teacher.sampling)
+    metrics = train_student(model, tokenizer, s, data, st.folder, sampling=recipe.teacher.sampling,
+                            teacher_model=teacher_model_path(recipe))  # GKD: the same teacher as the student's
     return st.finish(counts={"traces": usable, "unrenderable_skipped": skipped}, metrics=metrics)
 
 
@@ -281,7 +310,7 @@ def run_pipeline(recipe: ResolvedRecipe, run: Path, *, force: bool = False,
     """Run every stage in order; a stage whose output is complete for this recipe is skipped."""
     from .report import build_report
 
-    run.mkdir(parents=True, exist_ok=True)
+    make_run_folder(run)
     seconds: dict[str, float] = {}
     for name in STAGES:
         if only and name not in only:

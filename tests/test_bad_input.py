@@ -132,3 +132,21 @@ def test_bad_prompt_rows_skipped_by_flag_are_reported_with_their_lines(tmp_path)
     problems = [r["problem"] for r in ShardedJsonlStore(tmp_path / "out" / "prompts" / "train")]
     assert problems == ["1+1", "4+4"]
     assert ShardedJsonlStore(tmp_path / "out" / "generations").count() == 2
+
+
+def test_a_refused_rerun_names_the_keys_that_changed(tmp_path):
+    """A stage folder made with another config is refused; the error says what changed (it gave two
+    fingerprints), or that the inputs changed when the stage's own config did not."""
+    import pytest
+
+    from distill.errors import DistillError
+    from distill.manifest import Stage, config_changes
+
+    assert config_changes({"a": {"b": 1, "c": 2}, "e": 5}, {"a": {"b": 1, "c": 3}, "d": 4}) == \
+        "a.c: 2 -> 3; e: 5 -> (unset); d: (unset) -> 4"
+    assert config_changes({"k": list(range(5))}, {"k": []}).startswith("k: [0, 1, 2, 3, 4] -> []")
+    Stage("train", tmp_path / "student", "fp1", {"train": {"learning_rate": 0.003}}).begin()
+    with pytest.raises(DistillError, match=r"made with a different config \(train.learning_rate: 0.003 -> 0.0001\)"):
+        Stage("train", tmp_path / "student", "fp2", {"train": {"learning_rate": 1e-4}}).begin()
+    with pytest.raises(DistillError, match="made with different inputs"):
+        Stage("train", tmp_path / "student", "fp3", {"train": {"learning_rate": 0.003}}).begin()

@@ -102,6 +102,7 @@ def test_changed_recipe_refuses_to_mix_outputs(small_run):
     proc = run_cli("teacher", "generate", "tiny", "--out", str(small_run), *SMALL_RUN,
                    "--set", "teacher.sampling.temperature=0.7")
     assert proc.returncode == 2 and "different config" in proc.stderr
+    assert "temperature: 0.6 -> 0.7" in proc.stderr  # what changed, not two fingerprints
 
 
 def test_saved_student_tokenizer_is_the_one_it_trained_with(small_run):

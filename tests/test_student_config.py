@@ -268,7 +268,8 @@ def test_more_gpus_than_present_is_refused_before_loading():
         distributed.check_gpus(eight, visible=4, local_processes=4, world=4)
     with pytest.raises(DistillError, match="this node has 0 GPUs visible"):
         distributed.check_gpus(eight, visible=0, local_processes=1, world=1)
-    with pytest.raises(DistillError, match="1 processes cannot be split into sequence/context-parallel groups of 2"):
+    with pytest.raises(DistillError, match="train.parallel.sequence_parallel_size: 1 process cannot be split into "
+                                           "sequence/context-parallel groups of 2"):
         distributed.check_gpus(ParallelSettings(sequence_parallel_size=2), visible=0, local_processes=1, world=1)
     hint = distributed.check_gpus(eight, visible=8, local_processes=1, world=1)  # fits, but uses one GPU of 8
     assert "accelerate launch --config_file configs/accelerate/zero3.yaml" in hint

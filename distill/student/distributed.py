@@ -83,8 +83,10 @@ def data_parallel_size(parallel: ParallelSettings, world: int | None = None) -> 
     world = world_size() if world is None else world
     model_parallel = parallel.sequence_parallel_size * parallel.context_parallel_size
     if world % model_parallel:
-        raise DistillError(f"{world} processes cannot be split into sequence/context-parallel groups of "
-                           f"{model_parallel}", where="train.parallel")
+        keys = [k for k in ("sequence_parallel_size", "context_parallel_size") if getattr(parallel, k) > 1]
+        raise DistillError(f"{world} process{'es' if world != 1 else ''} cannot be split into sequence/context-"
+                           f"parallel groups of {model_parallel}: launch a multiple of {model_parallel} processes",
+                           where=" and ".join(f"train.parallel.{k}" for k in keys))
     return world // model_parallel
 
 

@@ -38,18 +38,53 @@ def gkd_rows(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, An
     return rows
 
 
+def check_teacher(cfg: StudentConfig, run_teacher: str | None) -> str | None:
+    """For a GKD student, the teacher it will load (train.gkd.teacher, else the run's ``run_teacher``), checked
+    before anything is built: a missing folder, a folder without a loadable config, tokenizer or weights, or a Hub
+    id that cannot load here is one error naming the recipe key. None for an SFT student.
+
+    Why: the teacher loads only once the student is built, its untrained copy written (RUN/student/init) and the
+    traces tokenized (minutes for a large student), and its loader's error named neither the key nor that it was
+    the GKD teacher."""
+    if cfg.train.distill_method != "gkd":
+        return None
+    from ..hub_access import loadable_ref
+    from .model import folder_problem
+
+    named = cfg.train.gkd.teacher
+    key = "student.train.gkd.teacher" if named else \
+        "teacher.model (the GKD teacher: student.train.gkd.teacher is unset)"
+    ref = named or run_teacher
+    if not ref:
+        raise DistillError("distill_method: gkd needs a teacher model (train.gkd.teacher, or the recipe's teacher)",
+                           where="student.train.gkd.teacher")
+    try:
+        resolved = loadable_ref(ref, "the GKD teacher")
+    except DistillError as exc:
+        raise DistillError(f"cannot use the GKD teacher: {exc}", where=key) from None
+    if Path(resolved).exists():
+        problem = folder_problem(resolved, "tokenizer") or folder_problem(resolved, "weights")
+        if problem:
+            raise DistillError(f"cannot use the GKD teacher: {resolved}: {problem}", where=key)
+    return resolved
+
+
 def load_teacher(ref: str, dtype: torch.dtype = torch.float32, attn: str | None = None):
     """The frozen teacher, in ``dtype``, with attention ``attn`` (the student's: flash-attention where the student
     has it; transformers' default, SDPA, otherwise)."""
     from transformers import AutoModelForCausalLM
 
     from ..hub_access import loadable_ref
+    from .model import is_load_error, load_failure
 
+    resolved = loadable_ref(ref, "the GKD teacher")
     try:
-        return AutoModelForCausalLM.from_pretrained(loadable_ref(ref), dtype=dtype,
+        return AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype,
                                                     **({"attn_implementation": attn} if attn else {}))
-    except OSError as exc:
-        raise DistillError(f"cannot load the GKD teacher: {str(exc).splitlines()[0]}", where=ref) from None
+    except Exception as exc:  # noqa: BLE001 - sorted by is_load_error
+        if not is_load_error(exc):
+            raise
+        raise load_failure(exc, resolved, "the GKD teacher", "weights") from None
 
 
 def teacher_attention(student: Any) -> str | None:
@@ -144,7 +179,7 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
     fitting, overlong = drop_overlong(list(zip(rows, texts)), texts, tokenizer, cfg.train.max_length)
     rows, texts = [row for row, _ in fitting], [text for _, text in fitting]
-    check_shared_tokenizer(tokenizer, load_tokenizer(teacher), texts, teacher)
+    check_shared_tokenizer(tokenizer, load_tokenizer(teacher, "the GKD teacher's tokenizer"), texts, teacher)
     teacher_model = load_teacher(teacher, dtype=teacher_dtype(cfg, model), attn=teacher_attention(model))
     max_id = max(max(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
     if not is_peft_model(model):

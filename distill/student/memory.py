@@ -232,7 +232,7 @@ def gkd_teacher_config(student: StudentConfig, teacher: str | None = None) -> An
     if student.train.distill_method != "gkd":
         return None
     ref = student.train.gkd.teacher or teacher
-    return model_config(ref) if ref else None
+    return model_config(ref, "the GKD teacher's config") if ref else None
 
 
 def gkd_loss_bytes(tokens: int, vocab: int, precision: Precision, layout: Layout, beta: float) -> int:
@@ -403,7 +403,7 @@ def base_config(student: StudentConfig) -> Any:
     from .model import ARCHITECTURES, apply_config_overrides
 
     if student.base:
-        config = model_config(student.base)
+        config = model_config(student.base, "the base model's config")
     elif student.init_config:
         if "vocab_size" not in student.init_config:
             raise DistillError("a student built from init_config takes its vocabulary from the run's teacher: set "
@@ -415,19 +415,26 @@ def base_config(student: StudentConfig) -> Any:
     return apply_config_overrides(config, student)
 
 
-def model_config(ref: str) -> Any:
+def model_config(ref: str, what: str = "the model's config") -> Any:
     """A model's config.json: a local folder's or the Hugging Face cache's, else the bundled fields of a known model
-    (known_bases), else the Hub's."""
+    (known_bases), else the Hub's. A folder without a readable config.json is one error naming it (``what``: which
+    model it is, for the message)."""
     from transformers import AutoConfig
 
     from ..catalog import model_ref
     from ..hub_access import cached, loadable_ref
     from .known_bases import known_config
+    from .model import is_load_error, load_failure
 
     ref = model_ref(ref)
-    if Path(ref).exists() or cached(ref):
-        return AutoConfig.from_pretrained(ref, local_files_only=not Path(ref).exists())
-    return known_config(ref) or AutoConfig.from_pretrained(loadable_ref(ref))
+    try:
+        if Path(ref).exists() or cached(ref):
+            return AutoConfig.from_pretrained(ref, local_files_only=not Path(ref).exists())
+        return known_config(ref) or AutoConfig.from_pretrained(loadable_ref(ref))
+    except Exception as exc:  # noqa: BLE001 - sorted by is_load_error
+        if not is_load_error(exc):
+            raise
+        raise load_failure(exc, ref, what, "config") from None
 
 
 def peak_gpu_gib() -> float | None:

@@ -12,6 +12,7 @@ Attention backend, dtype and QLoRA quantisation are resolved for the machine at 
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,97 @@ from .template import align_special_ids, prepare_chat_format
 ARCHITECTURES = {"qwen2": (Qwen2Config, "Qwen2ForCausalLM"), "llama": (LlamaConfig, "LlamaForCausalLM")}
 
 
-def load_tokenizer(ref: str):
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (joined with the next where it ends in a colon, as torch's
+    "Error(s) in loading state_dict for X:" does), cut to ``limit`` characters (at a sentence's end where there is
+    one); the class name when it is empty."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return exc.__class__.__name__
+    text = lines[0] + (f" {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else "")
+    if len(text) <= limit:
+        return text
+    sentence = text[:limit].rfind(". ")  # torch's corrupt-file message runs on for 400 characters
+    return text[:sentence + 1] if sentence > 0 else text[:limit - 3] + "..."
+
+
+def folder_problem(folder: str | Path, part: str) -> str | None:
+    """What is visibly wrong with a local model folder for loading its ``part`` (``tokenizer``, ``config`` or
+    ``weights``), read from the files (a JSON parse, the safetensors headers); None when nothing is. Asked after a
+    loader failed, its answer replaces the loader's message (a five-line ValueError that does not name the folder,
+    a SafetensorError that names no file), and before a GKD teacher loads (gkd.check_teacher)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return "no such folder"
+    if not folder.is_dir():
+        return "is a file, not a model folder"
+    if not any(folder.iterdir()):
+        return "the folder is empty"
+    if part == "tokenizer" and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return f"no tokenizer in the folder ({', '.join(TOKENIZER_FILES)})"
+    if part != "tokenizer" and (folder / "adapter_config.json").is_file():
+        return None  # a PEFT adapter folder: its base is named inside, PEFT loads it
+    if part != "tokenizer" and not (folder / "config.json").is_file():
+        return "no config.json in the folder"
+    names = ("config.json",) + (("tokenizer_config.json", "tokenizer.json") if part == "tokenizer" else ())
+    for name in names:
+        if (folder / name).is_file():
+            try:
+                json.loads((folder / name).read_text(encoding="utf-8"))
+            except (ValueError, OSError) as exc:
+                return f"{name} is not valid JSON ({first_line(exc, 120)})"
+    if part == "weights":
+        if not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES):
+            return "no weights in the folder (model.safetensors or pytorch_model.bin)"
+        from safetensors import safe_open
+
+        for path in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(path), "pt"):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - SafetensorError (a bare Exception subclass), OSError
+                return f"{path.name} is corrupt or cut short ({first_line(exc, 120)})"
+    return None
+
+
+# What a loader raises on a folder it cannot read: missing or malformed files (OSError, ValueError, json), a weights
+# file cut short (safetensors' SafetensorError), weights of another shape (RuntimeError), odd config fields.
+LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, TypeError, RuntimeError)
+
+
+def is_load_error(exc: BaseException) -> bool:
+    """A loader's failure on bad files (see LOAD_ERRORS), not out-of-memory or one of our own errors."""
+    from safetensors import SafetensorError
+
+    if isinstance(exc, (DistillError, torch.OutOfMemoryError)):
+        return False
+    return isinstance(exc, LOAD_ERRORS + (SafetensorError,))
+
+
+def load_failure(exc: BaseException, ref: str, what: str, part: str) -> DistillError:
+    """One line for a model reference ``ref`` (a local folder or a Hub id) that failed to load ``what``: for a
+    folder, what is wrong with its files (:func:`folder_problem`) where that can be seen, else the loader's first
+    line; for a Hub id the loader's first line, with the offline hint when the Hub is out of reach."""
+    from ..hub_access import hub_reachable
+
+    local = Path(ref).exists()
+    why = (folder_problem(ref, part) if local else None) or first_line(exc)
+    hint = "" if local or hub_reachable() else " (offline: only local folders and cached models load)"
+    return DistillError(f"cannot load {what}: {why}{hint}", where=ref)
+
+
+def load_tokenizer(ref: str, what: str = "tokenizer"):
+    resolved = loadable_ref(ref)
     try:
-        tok = AutoTokenizer.from_pretrained(loadable_ref(ref))
-    except OSError as exc:
-        raise DistillError(f"cannot load tokenizer: {str(exc).splitlines()[0]}", where=ref) from None
+        tok = AutoTokenizer.from_pretrained(resolved)
+    except Exception as exc:  # noqa: BLE001 - sorted by is_load_error
+        if not is_load_error(exc):
+            raise
+        raise load_failure(exc, resolved, what, "tokenizer") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -132,7 +219,12 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 config = apply_config_overrides(AutoConfig.from_pretrained(ref), cfg)
-            planned = plan_or_refuse(cfg, config, teacher_model)  # before any weights load
+        except Exception as exc:  # noqa: BLE001 - sorted by is_load_error
+            if not is_load_error(exc):
+                raise
+            raise load_failure(exc, ref, "the base model's config", "config") from None
+        planned = plan_or_refuse(cfg, config, teacher_model)  # before any weights load
+        try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if receives_weights_from_main():  # (no LoRA/QLoRA here: refused under FSDP above)
@@ -141,9 +233,10 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
                     model = AutoModelForCausalLM.from_pretrained(
                         ref, config=config, dtype=dtype, attn_implementation=attn,
                         quantization_config=quantization_config(cfg.lora, where))
-        except OSError as exc:
-            raise DistillError(f"cannot load base model: {str(exc).splitlines()[0]}"
-                               " (offline: only local folders and cached models load)", where=cfg.base) from None
+        except Exception as exc:  # noqa: BLE001 - sorted by is_load_error
+            if not is_load_error(exc):
+                raise
+            raise load_failure(exc, ref, "the base model", "weights") from None
         info = prepare_chat_format(tokenizer, model, cfg.chat_format, where)
         allocate_unwritten(model)
     elif cfg.init_config:
@@ -152,10 +245,13 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
                                where=where)
         info = prepare_chat_format(tokenizer, None, cfg.chat_format, where)
         config_cls, _ = ARCHITECTURES[cfg.architecture]
+        vocab = cfg.init_config.get("vocab_size", len(tokenizer))  # more rows than tokens is fine (Qwen pads)
+        if vocab < len(tokenizer):
+            raise DistillError(f"init_config.vocab_size is {vocab} but the student's tokenizer has {len(tokenizer)} "
+                               "tokens (the R1 markers included); raise it or leave it out", where=where)
         try:
-            config = config_cls(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                **cfg.init_config)
+            config = config_cls(**{**cfg.init_config, "vocab_size": vocab, "bos_token_id": tokenizer.bos_token_id,
+                                   "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
         except TypeError as exc:
             raise DistillError(f"invalid init_config: {exc}", where=where) from None
         apply_config_overrides(config, cfg)
@@ -165,10 +261,45 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
         raise DistillError("a student needs 'base' (model id or path) or 'init_config'", where=where)
     if cfg.max_position_embeddings is not None:
         tokenizer.model_max_length = cfg.max_position_embeddings
+    check_lora_targets(model, cfg)
+    warn_if_positions_short(model.config, cfg)
     align_eos(model, tokenizer)
     model.distill_build_info = {"attn_implementation": attn, "weights_dtype": str(dtype).removeprefix("torch."),
                                **info, **planned}
     return model, tokenizer
+
+
+def warn_if_positions_short(config: Any, cfg: StudentConfig) -> None:
+    """Warn when ``train.max_length`` runs past the positions the student's config declares: a Qwen2.5-Math base
+    declares 4,096, and training R1 traces at 32k on it without the recipe's ``rope_theta`` /
+    ``max_position_embeddings`` stretch (students/r1-distill-qwen-1.5b.yaml) trains positions the base never saw,
+    at the base's RoPE base frequency. A warning, not an error: the longest traces may be rare, and RoPE runs."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and cfg.train.max_length > positions:
+        warnings.warn(f"train.max_length {cfg.train.max_length:,} is longer than the student's "
+                      f"max_position_embeddings {positions:,}: set max_position_embeddings (and rope_theta, as "
+                      "students/r1-distill-qwen-1.5b.yaml does for Qwen2.5-Math's 4k) or lower train.max_length",
+                      RuntimeWarning, stacklevel=3)
+
+
+def check_lora_targets(model: Any, cfg: StudentConfig) -> None:
+    """Refuse a ``lora.target_modules`` list naming a module the model does not have (matched as PEFT matches a
+    list: the full module name, or its last dotted parts), listing the linear layers it does have.
+
+    Why: PEFT raised NoMatchingPeftModuleError only once the trainer wrapped the model (after the student was
+    built and its untrained copy written), and a list where only some names match it takes silently, so a typo
+    (``q_projj``) left that projection untrained."""
+    targets = cfg.lora.target_modules
+    if not cfg.lora.enabled or isinstance(targets, str):
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})  # bitsandbytes' Linear4bit is one too
+        shown = ", ".join(linear[:12]) + (", ..." if len(linear) > 12 else "")
+        raise DistillError(f"no module named {', '.join(map(repr, missing))} in the student; its linear layers are "
+                           f"{shown} (or use all-linear)", where="student.lora.target_modules")
 
 
 def plan_or_refuse(cfg: StudentConfig, config: Any, teacher: str | None = None) -> dict[str, float]:

@@ -28,7 +28,7 @@ import torch
 from ..chat_template import ADDED_TOKENS, SPECIAL_TOKENS, render_training_pair
 from ..config import StudentConfig
 from ..errors import DistillError
-from ..records import ShardedJsonlStore
+from ..records import ShardedJsonlStore, iter_jsonl
 from . import distributed
 from .efficiency import (liger_provider, resolve_attn_implementation, resolve_bf16, resolve_liger,
                          resolve_padding_free, resolve_report_to)
@@ -38,12 +38,24 @@ from .memory import peak_gpu_gib
 from .model import align_eos, publish_dtype, save_model
 
 
+TRACE_FIELDS = ("problem", "reasoning", "answer")
+
+
 def kept_records(kept_dir: str | Path) -> list[dict[str, Any]]:
-    recs = list(ShardedJsonlStore(kept_dir))
-    for rec in recs:
-        missing = [k for k in ("problem", "reasoning", "answer") if not rec.get(k)]
-        if missing:
-            raise DistillError(f"record {rec.get('id')} lacks {', '.join(missing)}", where=str(kept_dir))
+    """The kept traces, each checked: ``problem``, ``reasoning`` and ``answer`` must be non-empty strings. A record
+    that breaks this is one error naming its file and line (a hand-edited or imported store can hold a number or a
+    list there, which otherwise failed deep in the chat template as an AttributeError)."""
+    recs = []
+    for shard in ShardedJsonlStore(kept_dir).shards():
+        for lineno, rec in iter_jsonl(shard):
+            for key in TRACE_FIELDS:
+                value = rec.get(key)
+                if not isinstance(value, str) or not value:
+                    got = ("missing" if key not in rec else "null" if value is None
+                           else "an empty string" if isinstance(value, str) else type(value).__name__)
+                    raise DistillError(f"field '{key}' must be a non-empty string (got {got})",
+                                       where=f"{shard}:{lineno}")
+            recs.append(rec)
     if not recs:
         raise DistillError("no kept traces to train on", where=str(kept_dir))
     return recs
@@ -266,6 +278,9 @@ def lora_config_for(cfg: StudentConfig, tokenizer: Any, model: Any = None):
     Full fine-tuning trains every row."""
     if model is None:
         return peft_config(cfg.lora)
+    from .model import check_lora_targets
+
+    check_lora_targets(model, cfg)
     return peft_config(cfg.lora, trainable_token_ids=token_row_layers(model, r1_token_ids(tokenizer)))
 
 
@@ -283,12 +298,13 @@ def last_checkpoint(out_dir: Path) -> str | None:
         return None
     steps = {int(p.name.split("-")[1]): p for p in folder.glob("checkpoint-*")
              if p.is_dir() and p.name.split("-")[1].isdigit()}
-    complete = [step for step, p in steps.items() if _checkpoint_complete(p)]
+    unfinished = {step: _unfinished_because(p) for step, p in steps.items()}
+    complete = [step for step, why in unfinished.items() if why is None]
     newest = max(complete, default=None)
     if distributed.is_main_process():
         for step, p in sorted(steps.items()):
             if step not in complete and (newest is None or step > newest):
-                print(f"train: {p.name} was not finished (no trainer_state.json); removing it and resuming from "
+                print(f"train: {p.name} was not finished ({unfinished[step]}); removing it and resuming from "
                       f"{f'checkpoint-{newest}' if newest is not None else 'the start'}", file=sys.stderr)
                 shutil.rmtree(p, ignore_errors=True)
     return str(steps[newest]) if newest is not None else None
@@ -332,12 +348,73 @@ def processes(n: int, kind: str = "") -> str:
     return f"{n} {kind}process{'es' if n != 1 else ''}"
 
 
-def _checkpoint_complete(folder: Path) -> bool:
+def _unfinished_because(folder: Path) -> str | None:
+    """Why checkpoint ``folder`` was not finished (its trainer_state.json, written last, is missing or does not
+    parse: the write was cut off), or None when it was."""
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json"
     try:
-        json.loads((folder / "trainer_state.json").read_text())
-        return True
+        json.loads(state.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return "its trainer_state.json is cut short or not valid JSON"
+    return None
+
+
+RESUME_LOADERS = {"_load_from_checkpoint": "its weights", "_load_optimizer_and_scheduler": "its optimizer or scheduler "
+                  "state", "_load_scaler": "its gradient scaler state", "_load_rng_state": "its RNG state",
+                  "_load_callback_state": "its callback state"}  # the Trainer's methods that read a checkpoint
+
+
+@contextlib.contextmanager
+def resume_errors(trainer: Any, checkpoint: str | None) -> Iterator[None]:
+    """Inside the block, an error raised while ``trainer`` loads ``checkpoint`` (weights, optimizer, scheduler,
+    scaler, RNG and callback states, DeepSpeed's shards, the trainer state) becomes one DistillError naming the
+    checkpoint folder, the cause's first line and the fix; errors of training itself pass unchanged.
+
+    Why: a checkpoint can be complete by :func:`last_checkpoint`'s test (trainer_state.json parses) and still not
+    load: a weights or optimizer file cut short by a full disk or a bad copy, a folder holding only the state, or
+    checkpoints copied from a run of another model shape. Those failed as a SafetensorError, an UnpicklingError,
+    ValueError("Can't find a valid checkpoint") or a many-line size-mismatch RuntimeError, none saying which folder
+    to remove. Only the trainer's loading methods are guarded (per instance; DeepSpeed's loader, a module function
+    of transformers.trainer, for the length of the block), so an out-of-memory or a bug in a training step is not
+    blamed on the checkpoint."""
+    if checkpoint is None:
+        yield
+        return
+    import functools
+
+    import transformers.trainer as trainer_module
+    from transformers import TrainerState
+
+    from .model import first_line
+
+    def guarded(load: Any, what: str) -> Any:
+        @functools.wraps(load)
+        def load_or_refuse(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return load(*args, **kwargs)
+            except (DistillError, torch.OutOfMemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever the loader hit, the checkpoint is the cause
+                raise DistillError(f"cannot resume from this checkpoint: {what} did not load "
+                                   f"({first_line(exc).rstrip('.')}); delete this checkpoint folder to resume "
+                                   "from an earlier one (or from the start), or rerun with --force to start over",
+                                   where=checkpoint) from exc
+        return load_or_refuse
+
+    deepspeed_load = trainer_module.deepspeed_load_checkpoint
+    for name, what in RESUME_LOADERS.items():
+        if hasattr(trainer, name):
+            setattr(trainer, name, guarded(getattr(trainer, name), what))
+    trainer_module.deepspeed_load_checkpoint = guarded(deepspeed_load, "its DeepSpeed state")
+    try:  # train() reads the trainer state bare, before any of these
+        guarded(TrainerState.load_from_json, "its trainer_state.json")(os.path.join(checkpoint, "trainer_state.json"))
+        yield
+    finally:
+        trainer_module.deepspeed_load_checkpoint = deepspeed_load
+        for name in RESUME_LOADERS:
+            trainer.__dict__.pop(name, None)
 
 
 def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str | Path, out_dir: str | Path,
@@ -381,7 +458,9 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
         quiet_progress(trainer)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         start = time.time()
-        result = trainer.train(resume_from_checkpoint=resumable_checkpoint(out_dir))
+        checkpoint = resumable_checkpoint(out_dir)
+        with resume_errors(trainer, checkpoint):
+            result = trainer.train(resume_from_checkpoint=checkpoint)
         seconds = time.time() - start
     save_trained(trainer, tokenizer, cfg, out_dir / "model", sampling)
     history = [h for h in trainer.state.log_history if "loss" in h]
