@@ -455,7 +455,7 @@ def test_a_process_receiving_its_weights_never_reads_the_checkpoint(tmp_path, mo
     (base / "model.safetensors").unlink()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    with pytest.raises(DistillError, match="cannot load base model"):
+    with pytest.raises(DistillError, match="cannot load the base model: no weights in the folder"):
         build_student(cfg, teacher_model="unused")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
