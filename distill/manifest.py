@@ -120,7 +120,8 @@ class Stage:
             if prev.get("fingerprint") != self.fingerprint:
                 changed = config_changes(prev.get("config"), self.config)
                 what = (f"a different config ({redact(changed)})" if changed else
-                        "different inputs (the config of a stage before it, or its data, changed)")
+                        "a different recipe (a setting outside this stage's own section changed: an earlier stage's, "
+                        "or a run-level one)")
                 raise DistillError(f"holds output of stage '{self.name}' made with {what}; use a new --out or "
                                    "--force", where=str(self.folder))
         if self.manifest_path.exists():

@@ -148,5 +148,6 @@ def test_a_refused_rerun_names_the_keys_that_changed(tmp_path):
     Stage("train", tmp_path / "student", "fp1", {"train": {"learning_rate": 0.003}}).begin()
     with pytest.raises(DistillError, match=r"made with a different config \(train.learning_rate: 0.003 -> 0.0001\)"):
         Stage("train", tmp_path / "student", "fp2", {"train": {"learning_rate": 1e-4}}).begin()
-    with pytest.raises(DistillError, match="made with different inputs"):
+    with pytest.raises(DistillError, match="made with a different recipe \\(a setting outside this stage's own "
+                                           "section changed"):
         Stage("train", tmp_path / "student", "fp3", {"train": {"learning_rate": 0.003}}).begin()
