@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -217,7 +218,7 @@ def test_a_checkpoint_that_cannot_resume_is_one_error_naming_it(teacher, one_ste
         train_student(model, tok, cfg, kept, out)
     text = one_line(exc)
     assert text.startswith(f"{checkpoint}: cannot resume from this checkpoint: "), text
-    assert __import__("re").search(says, text), text
+    assert re.search(says, text), text
     assert text.endswith("delete this checkpoint folder to resume from an earlier one (or from the start), or "
                          "rerun with --force to start over"), text
 
