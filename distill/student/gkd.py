@@ -75,16 +75,12 @@ def load_teacher(ref: str, dtype: torch.dtype = torch.float32, attn: str | None 
     from transformers import AutoModelForCausalLM
 
     from ..hub_access import loadable_ref
-    from .model import is_load_error, load_failure
+    from .model import load_errors
 
     resolved = loadable_ref(ref, "the GKD teacher")
-    try:
+    with load_errors(resolved, "the GKD teacher", "weights"):
         return AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype,
                                                     **({"attn_implementation": attn} if attn else {}))
-    except Exception as exc:  # noqa: BLE001 - sorted by is_load_error
-        if not is_load_error(exc):
-            raise
-        raise load_failure(exc, resolved, "the GKD teacher", "weights") from None
 
 
 def teacher_attention(student: Any) -> str | None:
@@ -169,7 +165,7 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
 
     from .lora import is_peft_model
     from .model import load_tokenizer
-    from .train import drop_overlong, lora_config_for, training_args
+    from .train import drop_overlong, lora_config_for, max_token_id, training_args
 
     if not teacher:
         raise DistillError("distill_method: gkd needs a teacher model (train.gkd.teacher, or the recipe's teacher)",
@@ -181,7 +177,7 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
     rows, texts = [row for row, _ in fitting], [text for _, text in fitting]
     check_shared_tokenizer(tokenizer, load_tokenizer(teacher, "the GKD teacher's tokenizer"), texts, teacher)
     teacher_model = load_teacher(teacher, dtype=teacher_dtype(cfg, model), attn=teacher_attention(model))
-    max_id = max(max(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    max_id = max_token_id(texts, tokenizer)
     if not is_peft_model(model):
         match_vocab(model, teacher_model, tokenizer, max_id)
     # GKD batches are prompt/completion pairs, left-padded by TRL's ChatML collator: no packing.

@@ -424,17 +424,13 @@ def model_config(ref: str, what: str = "the model's config") -> Any:
     from ..catalog import model_ref
     from ..hub_access import cached, loadable_ref
     from .known_bases import known_config
-    from .model import is_load_error, load_failure
+    from .model import load_errors
 
     ref = model_ref(ref)
-    try:
+    with load_errors(ref, what, "config"):
         if Path(ref).exists() or cached(ref):
             return AutoConfig.from_pretrained(ref, local_files_only=not Path(ref).exists())
         return known_config(ref) or AutoConfig.from_pretrained(loadable_ref(ref))
-    except Exception as exc:  # noqa: BLE001 - sorted by is_load_error
-        if not is_load_error(exc):
-            raise
-        raise load_failure(exc, ref, what, "config") from None
 
 
 def peak_gpu_gib() -> float | None:

@@ -12,10 +12,11 @@ Attention backend, dtype and QLoRA quantisation are resolved for the machine at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig,
@@ -116,14 +117,22 @@ def load_failure(exc: BaseException, ref: str, what: str, part: str) -> DistillE
     return DistillError(f"cannot load {what}: {why}{hint}", where=ref)
 
 
-def load_tokenizer(ref: str, what: str = "tokenizer"):
-    resolved = loadable_ref(ref)
+@contextlib.contextmanager
+def load_errors(ref: str, what: str, part: str) -> Iterator[None]:
+    """Inside the block, a loader's failure on bad files (:func:`is_load_error`) becomes :func:`load_failure`'s one
+    line naming ``ref``; anything else (out of memory, our own errors) passes unchanged."""
     try:
-        tok = AutoTokenizer.from_pretrained(resolved)
+        yield
     except Exception as exc:  # noqa: BLE001 - sorted by is_load_error
         if not is_load_error(exc):
             raise
-        raise load_failure(exc, resolved, what, "tokenizer") from None
+        raise load_failure(exc, ref, what, part) from None
+
+
+def load_tokenizer(ref: str, what: str = "tokenizer"):
+    resolved = loadable_ref(ref)
+    with load_errors(resolved, what, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(resolved)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -215,16 +224,11 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
     dtype = weights_dtype(cfg)
     if cfg.base:
         ref = loadable_ref(cfg.base)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                config = apply_config_overrides(AutoConfig.from_pretrained(ref), cfg)
-        except Exception as exc:  # noqa: BLE001 - sorted by is_load_error
-            if not is_load_error(exc):
-                raise
-            raise load_failure(exc, ref, "the base model's config", "config") from None
+        with load_errors(ref, "the base model's config", "config"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = apply_config_overrides(AutoConfig.from_pretrained(ref), cfg)
         planned = plan_or_refuse(cfg, config, teacher_model)  # before any weights load
-        try:
+        with load_errors(ref, "the base model", "weights"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if receives_weights_from_main():  # (no LoRA/QLoRA here: refused under FSDP above)
@@ -233,10 +237,6 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
                     model = AutoModelForCausalLM.from_pretrained(
                         ref, config=config, dtype=dtype, attn_implementation=attn,
                         quantization_config=quantization_config(cfg.lora, where))
-        except Exception as exc:  # noqa: BLE001 - sorted by is_load_error
-            if not is_load_error(exc):
-                raise
-            raise load_failure(exc, ref, "the base model", "weights") from None
         info = prepare_chat_format(tokenizer, model, cfg.chat_format, where)
         allocate_unwritten(model)
     elif cfg.init_config:

@@ -72,14 +72,19 @@ def training_pairs(kept_dir: str | Path, tokenizer: Any) -> list[dict[str, str]]
 TOKENIZE_BATCH = 1024  # texts per tokenizer call: only their lengths are kept (800k traces' ids would not fit)
 
 
-def token_lengths(texts: list[str], tokenizer: Any) -> list[int]:
-    """Tokens in each rendered text, as the trainer will see them (the template writes BOS/EOS; the tokenizer adds
-    nothing: template.stop_automatic_special_tokens)."""
-    lengths: list[int] = []
+def encoded(texts: list[str], tokenizer: Any) -> Iterator[list[int]]:
+    """Each rendered text's token ids, as the trainer will see them (the template writes BOS/EOS; the tokenizer
+    adds nothing: template.stop_automatic_special_tokens), encoded TOKENIZE_BATCH texts at a time."""
     for i in range(0, len(texts), TOKENIZE_BATCH):
-        batch = tokenizer(texts[i:i + TOKENIZE_BATCH], add_special_tokens=False, verbose=False)["input_ids"]
-        lengths += [len(ids) for ids in batch]
-    return lengths
+        yield from tokenizer(texts[i:i + TOKENIZE_BATCH], add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def token_lengths(texts: list[str], tokenizer: Any) -> list[int]:
+    return [len(ids) for ids in encoded(texts, tokenizer)]
+
+
+def max_token_id(texts: list[str], tokenizer: Any) -> int:
+    return max(max(ids) for ids in encoded(texts, tokenizer))
 
 
 def drop_overlong(rows: list[Any], texts: list[str], tokenizer: Any, max_length: int | None) -> tuple[list[Any], int]:
@@ -278,9 +283,6 @@ def lora_config_for(cfg: StudentConfig, tokenizer: Any, model: Any = None):
     Full fine-tuning trains every row."""
     if model is None:
         return peft_config(cfg.lora)
-    from .model import check_lora_targets
-
-    check_lora_targets(model, cfg)
     return peft_config(cfg.lora, trainable_token_ids=token_row_layers(model, r1_token_ids(tokenizer)))
 
 
