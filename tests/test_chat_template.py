@@ -72,3 +72,22 @@ def test_a_role_the_format_cannot_place_is_an_error(tokenizer, role):
     with pytest.raises(JinjaTemplateError, match=f"no place for a message with role {role}"):
         tokenizer.apply_chat_template([{"role": role, "content": "x"}, {"role": "user", "content": "2+2?"}],
                                       tokenize=False, add_generation_prompt=True)
+
+
+def test_vllm_prompts_carry_one_bos_with_a_tokenizer_that_adds_its_own(tokenizer):
+    """DeepSeek's R1 tokenizers prepend BOS to every text and their template writes it too; a text prompt given to
+    vLLM's generate carried two. The backend sends token ids: exactly one BOS, then the rendered prompt."""
+    from distill.records import Prompt
+    from distill.teacher.backends.vllm_backend import engine_prompts
+
+    r1_like = AutoTokenizer.from_pretrained(TINY_TEACHER)
+    r1_like.add_bos_token = True  # as in DeepSeek-R1's tokenizer_config.json
+    text = render_prompt(r1_like, "What is 2 + 2?")
+    assert r1_like(text)["input_ids"][:2] == [r1_like.bos_token_id] * 2  # what a text prompt became
+    prompts = [Prompt(id="p0", problem="What is 2 + 2?", answer="4"), Prompt(id="p1", problem="3 * 5?", answer="15")]
+    sent = engine_prompts(r1_like, prompts)
+    assert [list(s) for s in sent] == [["prompt_token_ids"]] * 2
+    ids = sent[0]["prompt_token_ids"]
+    assert ids.count(r1_like.bos_token_id) == 1 and ids[0] == r1_like.bos_token_id
+    assert r1_like.decode(ids) == text
+    assert engine_prompts(tokenizer, prompts) == sent  # the same ids as from a tokenizer that adds nothing

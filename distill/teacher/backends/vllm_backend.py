@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from ...chat_template import render_prompt
 from ...errors import DistillError
 from ...records import Generation, Prompt, Sampling
 from .base import make_generation
@@ -37,6 +38,19 @@ def engine_kwargs(cfg: Any, model: str) -> dict[str, Any]:
     return kw
 
 
+def engine_prompts(tokenizer: Any, prompts: list[Prompt]) -> list[dict[str, list[int]]]:
+    """Each prompt as vLLM token ids (a ``TokensPrompt``): the chat template rendered, then tokenized with no
+    special tokens added.
+
+    Why not the rendered text: ``LLM.generate`` tokenizes a text prompt with the tokenizer's special tokens, and
+    DeepSeek's R1 tokenizers (R1 and every R1-Distill) prepend their BOS to every text (``add_bos_token``) while
+    their chat template writes it too. The teacher then saw ``<BOS><BOS><|User|>...``, a context it was never
+    trained on, for every trace and every benchmark sample (vLLM's own chat endpoint tokenizes without special
+    tokens; the transformers backend does the same)."""
+    return [{"prompt_token_ids": tokenizer.encode(render_prompt(tokenizer, p.problem), add_special_tokens=False)}
+            for p in prompts]
+
+
 def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
     return {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p,
             "max_tokens": sampling.max_new_tokens, "seed": sampling.seed}
@@ -44,7 +58,7 @@ def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
 
 class VLLMBackend:
     """Generates with ``vllm.LLM``; prompts are rendered with the model's own chat template (R1's pre-fills
-    ``<think>\\n``) and sent in chunks so results reach disk while the run goes on."""
+    ``<think>\\n``), sent as token ids (:func:`engine_prompts`) in chunks so results reach disk while the run goes on."""
 
     def __init__(self, cfg: Any, model: str, *, name: str | None = None, chunk_size: int = 4096):
         try:
@@ -60,13 +74,10 @@ class VLLMBackend:
     def generate(self, prompts: list[Prompt], sampling: Sampling) -> Iterator[list[Generation]]:
         from vllm import SamplingParams
 
-        from ...chat_template import render_prompt
-
         params = SamplingParams(**sampling_kwargs(sampling))
         for start in range(0, len(prompts), self.chunk_size):
             chunk = prompts[start:start + self.chunk_size]
-            texts = [render_prompt(self.tokenizer, p.problem) for p in chunk]
-            outputs = self.llm.generate(texts, params, use_tqdm=False)
+            outputs = self.llm.generate(engine_prompts(self.tokenizer, chunk), params, use_tqdm=False)
             for prompt, out in zip(chunk, outputs):
                 n_prompt = len(out.prompt_token_ids or [])
                 group = []
