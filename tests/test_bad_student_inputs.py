@@ -182,6 +182,10 @@ def _cut(name):
     return cut
 
 
+def _removed(name):
+    return lambda checkpoint: (checkpoint / name).unlink()
+
+
 def _only_the_state(checkpoint: Path) -> None:
     for p in checkpoint.iterdir():
         if p.name != "trainer_state.json":
@@ -191,7 +195,13 @@ def _only_the_state(checkpoint: Path) -> None:
 RESUME_CASES = {  # how the checkpoint is broken, the student resuming it, what the error says
     "weights cut in half": (_cut("model.safetensors"), TINY_INIT, "its weights did not load"),
     "optimizer cut in half": (_cut("optimizer.pt"), TINY_INIT, "its optimizer or scheduler state did not load"),
-    "only trainer_state.json": (_only_the_state, TINY_INIT, "its weights did not load .Can't find a valid checkpoint"),
+    "only trainer_state.json": (_only_the_state, TINY_INIT, "it has no optimizer.pt, so the run would go on with a "
+                                "fresh optimizer"),
+    "no optimizer.pt": (_removed("optimizer.pt"), TINY_INIT, "it has no optimizer.pt, so the run would go on with a "
+                        "fresh optimizer .Adam's moments lost. and its learning-rate schedule started over"),
+    "no scheduler.pt": (_removed("scheduler.pt"), TINY_INIT, "it has no scheduler.pt, so the run would go on"),
+    "weights removed": (_removed("model.safetensors"), TINY_INIT, "its weights did not load .Can't find a valid "
+                        "checkpoint"),
     "another model's shape": (lambda checkpoint: None, {**TINY_INIT, "hidden_size": 64},
                               "its weights did not load .Error.s. in loading state_dict for Qwen2ForCausalLM: size "
                               "mismatch for"),

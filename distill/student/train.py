@@ -343,7 +343,31 @@ def resumable_checkpoint(out_dir: Path) -> str | None:
                 "plain": "without DeepSpeed or FSDP (optimizer.pt)"}[written]
         raise DistillError(f"written {what} and {this_launch}; resume with the launch that wrote it, {fix}",
                            where=checkpoint)
+    if written != "deepspeed" and (missing := missing_optimizer_state(Path(checkpoint))):
+        raise cannot_resume(checkpoint, f"it has no {missing}, so the run would go on with a fresh optimizer "
+                                        "(Adam's moments lost) and its learning-rate schedule started over")
     return checkpoint
+
+
+def missing_optimizer_state(checkpoint: Path) -> str | None:
+    """The optimizer or scheduler file a plain or FSDP checkpoint lacks, or None when it has both.
+
+    Why: the Trainer loads the optimizer and scheduler state only when both are there and otherwise goes on
+    without a word, from the resumed weights but with a new optimizer and the warm-up run again at the resumed
+    step. The Trainer writes both before trainer_state.json, so only a damaged or partly copied checkpoint lacks
+    one; DeepSpeed's own loader fails on a missing file (caught by :func:`resume_errors`). The names are the
+    Trainer's: ``optimizer.pt`` (``.bin`` or a per-process folder under FSDP) and ``scheduler.pt``."""
+    has_optimizer = (checkpoint / "optimizer.pt").is_file() or (checkpoint / "optimizer.bin").is_file() or any(
+        p.is_dir() and "optimizer" in p.name for p in checkpoint.iterdir())
+    if not has_optimizer:
+        return "optimizer.pt"
+    return None if (checkpoint / "scheduler.pt").is_file() else "scheduler.pt"
+
+
+def cannot_resume(checkpoint: str, why: str) -> DistillError:
+    """The one error for a checkpoint a run cannot go on from: the folder, why, and the two ways out."""
+    return DistillError(f"cannot resume from this checkpoint: {why}; delete this checkpoint folder to resume from "
+                        "an earlier one (or from the start), or rerun with --force to start over", where=checkpoint)
 
 
 def processes(n: int, kind: str = "") -> str:
@@ -399,10 +423,7 @@ def resume_errors(trainer: Any, checkpoint: str | None) -> Iterator[None]:
             except (DistillError, torch.OutOfMemoryError):
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever the loader hit, the checkpoint is the cause
-                raise DistillError(f"cannot resume from this checkpoint: {what} did not load "
-                                   f"({first_line(exc).rstrip('.')}); delete this checkpoint folder to resume "
-                                   "from an earlier one (or from the start), or rerun with --force to start over",
-                                   where=checkpoint) from exc
+                raise cannot_resume(checkpoint, f"{what} did not load ({first_line(exc).rstrip('.')})") from exc
         return load_or_refuse
 
     deepspeed_load = trainer_module.deepspeed_load_checkpoint
