@@ -90,6 +90,7 @@ def test_sbatch_script_trains_over_two_nodes(tmp_path, layout):
     settings = manifest["metrics"]["settings"]
     assert manifest["counts"]["processes"] == 2 and settings["world_size"] == 2
     assert settings["sharding"] == {"zero3": "zero-3", "fsdp2": "fsdp2"}[layout]
+    assert settings.get("fsdp_gradient_reduce_dtype") == {"zero3": None, "fsdp2": "float32"}[layout]
     assert settings["gradient_accumulation_steps"] == 1  # 2 nodes x 4 x 1
     assert manifest["metrics"]["steps"] == 3
     assert manifest["config"]["train"]["save_steps"] == 2  # the --set after the config reached the recipe

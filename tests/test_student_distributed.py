@@ -231,3 +231,32 @@ def test_differentiable_gather_backward_runs_over_gloo_subgroups(tmp_path):
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(4)]
     assert [r["value"] for r in results] == [[3.0, 6.0], [3.0, 6.0], [9.0, 12.0], [9.0, 12.0]]
     assert [r["grad"] for r in results] == [6.0, 12.0, 6.0, 12.0]
+
+
+def test_fsdp2_in_bf16_reduces_gradients_in_float32():
+    """accelerate's ``mixed_precision: bf16`` sets FSDP2's policy to bf16 throughout, the gradient reduce-scatter
+    included; the trainer's policy is changed to reduce in float32 before the model is prepared, compute and
+    all-gathers staying bf16. (The real accelerate plugin, set up as AcceleratorState sets it up on GPUs.)"""
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from distill.student.distributed import reduce_gradients_in_float32
+
+    def accelerator(plugin, kind=DistributedType.FSDP):
+        return SimpleNamespace(state=SimpleNamespace(distributed_type=kind, fsdp_plugin=plugin))
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    plugin.set_mixed_precision("bf16")
+    assert plugin.mixed_precision_policy.reduce_dtype == torch.bfloat16  # accelerate's choice
+    assert reduce_gradients_in_float32(accelerator(plugin)) == "float32"
+    policy = plugin.mixed_precision_policy
+    assert (policy.param_dtype, policy.reduce_dtype, policy.output_dtype) == (torch.bfloat16, torch.float32,
+                                                                              torch.bfloat16)
+    assert reduce_gradients_in_float32(accelerator(FullyShardedDataParallelPlugin(fsdp_version=2))) == "float32"
+    assert reduce_gradients_in_float32(accelerator(plugin, DistributedType.DEEPSPEED)) is None
+    fsdp1 = FullyShardedDataParallelPlugin(fsdp_version=1)
+    fsdp1.set_mixed_precision("bf16")
+    assert reduce_gradients_in_float32(accelerator(fsdp1)) is None and fsdp1.mixed_precision_policy.reduce_dtype == \
+        torch.bfloat16

@@ -181,6 +181,32 @@ def deepspeed_zero_setup() -> tuple[int | None, bool]:
     return (int(stage) if stage else None), offload
 
 
+def reduce_gradients_in_float32(accelerator: Any) -> str | None:
+    """Under FSDP2 with bf16/fp16 compute, make the gradient reduce-scatter run in float32; returns the reduce
+    dtype an FSDP2 launch uses (None outside FSDP2).
+
+    Why: accelerate's ``mixed_precision: bf16`` gives FSDP2 one dtype for everything, the gradient reduction too, so
+    each gradient shard was the bf16 sum of every GPU's contribution (8 significant bits: over 64 GPUs the small
+    terms of a sum are rounded away), before AdamW's float32 update. torchtitan reduces in float32 by default,
+    as torch's FSDP2 documentation recommends; it doubles the reduce-scatter's bytes, not the all-gathers'.
+    Called after the trainer is built and before it prepares the model, the one point the policy is read."""
+    import dataclasses
+
+    import torch
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    plugin = getattr(state, "fsdp_plugin", None)
+    if state.distributed_type != DistributedType.FSDP or plugin is None or plugin.fsdp_version != 2:
+        return None
+    policy = plugin.mixed_precision_policy
+    if policy is None or policy.param_dtype in (None, torch.float32):
+        return "float32"
+    if policy.reduce_dtype != torch.float32:
+        plugin.mixed_precision_policy = dataclasses.replace(policy, reduce_dtype=torch.float32)
+    return "float32"
+
+
 def receives_weights_from_main() -> bool:
     """True in every process but the main one of an FSDP launch with ``fsdp_cpu_ram_efficient_loading`` (the
     shipped fsdp2.yaml): such a process builds an empty student (model.empty_model) and is sent its shards by the

@@ -477,6 +477,8 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             from .gkd import teacher_placement
 
             settings.update(teacher_placement(trainer.teacher_model))
+        if (reduce_dtype := distributed.reduce_gradients_in_float32(trainer.accelerator)) is not None:
+            settings["fsdp_gradient_reduce_dtype"] = reduce_dtype
         let_fused_head_read_token_rows(trainer.model)
         quiet_progress(trainer)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
