@@ -30,7 +30,7 @@ def quantize(model_dir: str | Path, out_dir: str | Path, method: str = "bnb-int8
         qcfg = BitsAndBytesConfig(load_in_8bit=True)
     else:
         qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_compute_dtype=torch.float32)
+                                  bnb_4bit_compute_dtype=compute_dtype(model_dir))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=qcfg,
@@ -44,6 +44,19 @@ def quantize(model_dir: str | Path, out_dir: str | Path, method: str = "bnb-int8
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return {"method": method, "size_bytes": folder_size(out_dir), "source_size_bytes": folder_size(model_dir)}
+
+
+def compute_dtype(model_dir: Path) -> torch.dtype:
+    """The dtype NF4 weights are dequantized to for each matmul: the one the model was saved in (bf16 for a real
+    student, float32 for the CPU demo's).
+
+    Why: the choice is written into the published config.json and every later load uses it; a fixed float32
+    made a bf16 student's NF4 export run its matmuls in float32 on the GPU, at twice the memory traffic."""
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    saved = config.get("dtype") or config.get("torch_dtype")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(saved, torch.float32)
 
 
 def folder_size(path: Path) -> int:
