@@ -79,6 +79,8 @@ def config_changes(before: Any, after: Any, shown: int = 3) -> str:
     """The keys that differ between two stage configs, as ``key: old -> new`` (the first ``shown``), or "" when the
     configs are equal: a refused rerun says what changed, not two fingerprints."""
     def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            value = dict(enumerate(value))  # a list of sections (eval.benchmarks): benchmarks.0.limit
         if isinstance(value, dict):
             return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()} or \
                 {prefix.rstrip("."): {}}
@@ -104,29 +106,40 @@ class Stage:
     def manifest_path(self) -> Path:
         return self.folder / "manifest.json"
 
+    @property
+    def marker_path(self) -> Path:
+        return self.folder / "stage.json"
+
     def is_complete(self) -> bool:
         if not self.manifest_path.exists():
             return False
         m = read_json(self.manifest_path)
         return m.get("status") == "complete" and m.get("fingerprint") == self.fingerprint
 
+    def check_claim(self) -> None:
+        """Refuse when the folder's ``stage.json`` marker was written by a different config: output of two recipes
+        never mixes in one folder. ``begin`` calls it as the stage starts, and ``run_pipeline`` for every stage
+        before the first one runs, so a changed recipe is refused at once, not after minutes of earlier stages."""
+        if not self.marker_path.exists():
+            return
+        prev = read_json(self.marker_path)
+        if prev.get("fingerprint") != self.fingerprint:
+            changed = config_changes(prev.get("config"), self.config)
+            what = (f"a different config ({redact(changed)})" if changed else
+                    "a different recipe (a setting outside this stage's own section changed: an earlier stage's, "
+                    "or a run-level one)")
+            raise DistillError(f"holds output of stage '{self.name}' made with {what}; use a new --out or --force",
+                               where=str(self.folder))
+
     def begin(self, force: bool = False) -> None:
         """Claim the folder for this config; refuse to mix output of a different config into it."""
-        marker = self.folder / "stage.json"
         if force and self.folder.exists():
             shutil.rmtree(self.folder)
-        if marker.exists():
-            prev = read_json(marker)
-            if prev.get("fingerprint") != self.fingerprint:
-                changed = config_changes(prev.get("config"), self.config)
-                what = (f"a different config ({redact(changed)})" if changed else
-                        "a different recipe (a setting outside this stage's own section changed: an earlier stage's, "
-                        "or a run-level one)")
-                raise DistillError(f"holds output of stage '{self.name}' made with {what}; use a new --out or "
-                                   "--force", where=str(self.folder))
+        self.check_claim()
         if self.manifest_path.exists():
             self.manifest_path.unlink()
-        write_json_atomic(marker, {"stage": self.name, "fingerprint": self.fingerprint, "config": self.config})
+        write_json_atomic(self.marker_path,
+                          {"stage": self.name, "fingerprint": self.fingerprint, "config": self.config})
         self.started = time.time()
 
     def finish(self, *, inputs: dict[str, Any] | None = None, counts: dict[str, Any] | None = None,

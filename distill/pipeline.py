@@ -71,8 +71,47 @@ def teacher_model_path(recipe: ResolvedRecipe) -> str:
     return model_ref(recipe.teacher.model)
 
 
+def stage_spec(name: str, recipe: ResolvedRecipe, run: Path, shard: tuple[int, int] | None = None) -> Stage | None:
+    """The Stage (folder, fingerprint, config) that stage ``name`` writes for this recipe, or None when the recipe
+    skips it. The stage functions and ``check_claims`` both take it from here, so they cannot disagree."""
+    r = recipe
+    if name == "prompts":
+        return Stage("prompts", run / "prompts", r.fingerprint("data"), r.data.model_dump())
+    if name == "generate":
+        folder = run / "generations" if shard is None else run / "generations-parts" / f"{shard[0]}-of-{shard[1]}"
+        return Stage("generate", folder, r.fingerprint("data", "teacher"), r.teacher.model_dump())
+    if name == "filter":
+        return Stage("filter", run / "filtered", r.fingerprint("data", "teacher", "filter"), r.filter.model_dump())
+    if name == "train":
+        return Stage("train", run / "student", r.fingerprint("data", "teacher", "filter", "student"),
+                     r.student.model_dump())
+    if name == "train_unfiltered":
+        return Stage("train_unfiltered", run / "student-unfiltered", r.fingerprint("data", "teacher", "student"),
+                     r.student.model_dump()) if r.compare_unfiltered else None
+    if name == "quantize":
+        method = r.export.quantize
+        return Stage("quantize", run / "quantized", r.fingerprint("data", "teacher", "filter", "student", "export"),
+                     {"method": method}) if method != "none" else None
+    if name == "eval":
+        return Stage("eval", run / "eval", r.fingerprint(), r.eval.model_dump())
+    if name == "export":
+        return Stage("export", run / "export", r.fingerprint(), r.export.model_dump())
+    raise ValueError(f"unknown stage {name!r}")
+
+
+def check_claims(recipe: ResolvedRecipe, run: Path, names: list[str]) -> None:
+    """Refuse at once when a stage about to run finds its folder claimed by a different recipe (the refusal its
+    ``begin`` would give), rather than after the stages before it have run: the eval stage's fingerprint covers
+    the whole recipe, so a changed setting was refused only after minutes of generation and training. A stage
+    complete for this recipe is reused, so it is let through here as the stage function would."""
+    for name in names:
+        st = stage_spec(name, recipe, run)
+        if st is not None and not st.is_complete():
+            st.check_claim()
+
+
 def stage_prompts(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
-    st = Stage("prompts", run / "prompts", recipe.fingerprint("data"), recipe.data.model_dump())
+    st = stage_spec("prompts", recipe, run)
     if st.is_complete() and not force:
         return st.reused()
     make_run_folder(run)
@@ -109,8 +148,7 @@ def stage_generate(recipe: ResolvedRecipe, run: Path, force: bool = False,
     from .teacher.shard import select_shard
 
     t = recipe.teacher
-    folder = run / "generations" if shard is None else run / "generations-parts" / f"{shard[0]}-of-{shard[1]}"
-    st = Stage("generate", folder, recipe.fingerprint("data", "teacher"), t.model_dump())
+    st = stage_spec("generate", recipe, run, shard)
     if st.is_complete() and not force:
         return st.reused()
     need(run / "prompts")
@@ -136,7 +174,7 @@ def stage_merge(recipe: ResolvedRecipe, run: Path, n_shards: int, force: bool = 
     """Join the n complete shard outputs into ``RUN/generations`` (by id: rerunnable, never duplicating)."""
     from .teacher.shard import merge_stores
 
-    st = Stage("generate", run / "generations", recipe.fingerprint("data", "teacher"), recipe.teacher.model_dump())
+    st = stage_spec("generate", recipe, run)
     if st.is_complete() and not force:
         return st.reused()
     parts = [run / "generations-parts" / f"{i}-of-{n_shards}" for i in range(n_shards)]
@@ -158,8 +196,7 @@ def stage_merge(recipe: ResolvedRecipe, run: Path, n_shards: int, force: bool = 
 def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     from .filter.stage import filter_store
 
-    st = Stage("filter", run / "filtered", recipe.fingerprint("data", "teacher", "filter"),
-               recipe.filter.model_dump())
+    st = stage_spec("filter", recipe, run)
     if st.is_complete() and not force:
         return st.reused()
     need(run / "generations")
@@ -174,7 +211,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
     from .student.train import train_student
 
     s = recipe.student
-    st = Stage("train", run / "student", recipe.fingerprint("data", "teacher", "filter", "student"), s.model_dump())
+    st = stage_spec("train", recipe, run)
     if st.is_complete() and not force:
         return st.reused()
     need(run / "filtered")
@@ -195,11 +232,10 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
     from .student.model import build_student, save_untrained
     from .student.train import train_student
 
-    if not recipe.compare_unfiltered:
+    st = stage_spec("train_unfiltered", recipe, run)
+    if st is None:  # not recipe.compare_unfiltered
         return {"skipped": True}
     s = recipe.student
-    st = Stage("train_unfiltered", run / "student-unfiltered",
-               recipe.fingerprint("data", "teacher", "student"), s.model_dump())
     if st.is_complete() and not force:
         return st.reused()
     need(run / "generations")
@@ -227,9 +263,8 @@ def stage_quantize(recipe: ResolvedRecipe, run: Path, force: bool = False) -> di
     from .export.quantize import quantize
 
     method = recipe.export.quantize
-    st = Stage("quantize", run / "quantized", recipe.fingerprint("data", "teacher", "filter", "student", "export"),
-               {"method": method})
-    if method == "none":
+    st = stage_spec("quantize", recipe, run)
+    if st is None:  # method == "none"
         return {"skipped": True}
     if st.is_complete() and not force:
         return st.reused()
@@ -252,7 +287,7 @@ def eval_targets(recipe: ResolvedRecipe, run: Path) -> dict[str, str]:
 def stage_eval(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     from .evaluate.run import evaluate
 
-    st = Stage("eval", run / "eval", recipe.fingerprint(), recipe.eval.model_dump())
+    st = stage_spec("eval", recipe, run)
     if st.is_complete() and not force:
         return st.reused()
     need(run / "student")
@@ -273,7 +308,7 @@ def stage_eval(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[s
 def stage_export(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     from .export.card import build_export
 
-    st = Stage("export", run / "export", recipe.fingerprint(), recipe.export.model_dump())
+    st = stage_spec("export", recipe, run)
     if st.is_complete() and not force:
         return st.reused()
     need(run / "eval")
@@ -307,14 +342,17 @@ STAGE_FUNCS: dict[str, Callable[..., dict[str, Any]]] = {
 
 def run_pipeline(recipe: ResolvedRecipe, run: Path, *, force: bool = False,
                  only: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage in order; a stage whose output is complete for this recipe is skipped."""
+    """Run every stage in order; a stage whose output is complete for this recipe is skipped. A folder claimed by
+    a different recipe is refused before the first stage runs (not with --force: each stage then wipes its
+    folder)."""
     from .report import build_report
 
     make_run_folder(run)
+    names = [name for name in STAGES if not only or name in only]
+    if not force:
+        check_claims(recipe, run, names)
     seconds: dict[str, float] = {}
-    for name in STAGES:
-        if only and name not in only:
-            continue
+    for name in names:
         start = time.time()
         manifest = STAGE_FUNCS[name](recipe, run, force=force)
         took = time.time() - start

@@ -145,6 +145,8 @@ def test_a_refused_rerun_names_the_keys_that_changed(tmp_path):
     assert config_changes({"a": {"b": 1, "c": 2}, "e": 5}, {"a": {"b": 1, "c": 3}, "d": 4}) == \
         "a.c: 2 -> 3; e: 5 -> (unset); d: (unset) -> 4"
     assert config_changes({"k": list(range(5))}, {"k": []}).startswith("k: [0, 1, 2, 3, 4] -> []")
+    assert config_changes({"b": [{"n": "x", "limit": 3}]}, {"b": [{"n": "x", "limit": 2}, {"n": "y"}]}) == \
+        "b.0.limit: 3 -> 2; b.1.n: (unset) -> 'y'"  # a list of sections: by index, as --set names them
     Stage("train", tmp_path / "student", "fp1", {"train": {"learning_rate": 0.003}}).begin()
     with pytest.raises(DistillError, match=r"made with a different config \(train.learning_rate: 0.003 -> 0.0001\)"):
         Stage("train", tmp_path / "student", "fp2", {"train": {"learning_rate": 1e-4}}).begin()

@@ -80,8 +80,7 @@ def launch(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from ..config import load_recipe
-    from ..manifest import Stage
-    from ..pipeline import make_run_folder, need, teacher_model_path
+    from ..pipeline import make_run_folder, need, stage_spec, teacher_model_path
     from ..progress import quiet_library_loggers
     from .efficiency import resolve_bf16
     from .gkd import check_teacher
@@ -96,7 +95,7 @@ def launch(args: argparse.Namespace) -> int:
         repair_gloo_all_to_all()  # CPU runs of sequence parallelism over 2+ SP groups
     recipe = load_recipe(args.recipe, args.overrides)
     run, s = args.out, recipe.student
-    st = Stage("train", run / "student", recipe.fingerprint("data", "teacher", "filter", "student"), s.model_dump())
+    st = stage_spec("train", recipe, run)
     if st.is_complete() and not args.force:
         if state.is_main_process:
             print(f"train stage already complete in {st.folder}")
