@@ -157,6 +157,9 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit, save_only_model=False,
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if distributed.world_size() > 1 and not torch.cuda.is_available() else None,
+        # every trainable parameter takes part in each step; the Trainer's default (True without gradient
+        # checkpointing) cost DDP an extra pass over the autograd graph per step and a warning per rank
+        ddp_find_unused_parameters=False,
         parallelism_config=distributed.parallelism_config(t.parallel, s["attn_implementation"], s["padding_free"]),
         pad_to_multiple_of=distributed.pad_to_multiple_of(t),
         dataset_num_proc=None, disable_tqdm=True,
@@ -452,7 +455,8 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
         torch.set_num_threads(t.threads)
     out_dir = Path(out_dir)
     settings = resolved_settings(cfg, model)
-    callbacks = tensorboard_callbacks(cfg, out_dir) + liger_callbacks(settings["liger_provider"])
+    callbacks = tensorboard_callbacks(cfg, out_dir) + liger_callbacks(settings["liger_provider"]) + \
+        [last_step_logged()]
     with warnings.catch_warnings(), liger_package_kernels(model, settings["liger_provider"]):
         warnings.simplefilter("ignore")
         if t.distill_method == "gkd":
@@ -484,22 +488,91 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         start = time.time()
         checkpoint = resumable_checkpoint(out_dir)
-        with resume_errors(trainer, checkpoint):
-            result = trainer.train(resume_from_checkpoint=checkpoint)
+        before = checkpoint_progress(checkpoint)
+        with resume_errors(trainer, checkpoint), no_step_past_the_end(trainer):
+            trainer.train(resume_from_checkpoint=checkpoint)
         seconds = time.time() - start
     save_trained(trainer, tokenizer, cfg, out_dir / "model", sampling)
     history = [h for h in trainer.state.log_history if "loss" in h]
     if distributed.is_main_process():
         plot_loss(history, out_dir / "loss.png")
     tokens = trainer.state.num_input_tokens_seen
-    return {"examples": len(rows), "overlong_dropped": overlong, "steps": trainer.state.global_step, "train_loss": round(result.training_loss, 4),
+    tokens_now = tokens - before["tokens"] if tokens else 0  # this session's: a resumed run's count starts higher
+    return {"examples": len(rows), "overlong_dropped": overlong, "steps": trainer.state.global_step,
+            "resumed_from_step": before["step"], "train_loss": mean_logged_loss(history),
             "final_loss": history[-1]["loss"] if history else None, "seconds": round(seconds, 1),
-            "tokens": tokens, "tokens_per_s": round(tokens / max(seconds, 1e-6)) if tokens else None,
+            "tokens": tokens, "tokens_per_s": round(tokens_now / max(seconds, 1e-6)) if tokens_now > 0 else None,
             "loss_curve": [(h["step"], h["loss"]) for h in history],
             "lr_curve": [(h["step"], h["learning_rate"]) for h in history if "learning_rate" in h],
             "trainable_parameters": trainable, "gpu_peak_gib": peak_gpu_gib(),
             "settings": {**settings, "distill_method": t.distill_method, "sharding": sharding(trainer),
                          "lora": cfg.lora.enabled, **getattr(model, "distill_build_info", {})}}
+
+
+def checkpoint_progress(checkpoint: str | None) -> dict[str, int]:
+    """Where a resumed run starts: the checkpoint's step and the input tokens seen by then (0 and 0 without one),
+    so that this session's tokens/s counts only the tokens it trained on."""
+    if checkpoint is None:
+        return {"step": 0, "tokens": 0}
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return {"step": int(state.get("global_step") or 0), "tokens": int(state.get("num_input_tokens_seen") or 0)}
+
+
+def mean_logged_loss(history: list[dict[str, Any]]) -> float | None:
+    """The run's mean training loss over all its steps, from the logged losses (each the mean of the steps since
+    the log before), weighted by those step counts.
+
+    Why not the Trainer's ``training_loss``: it averages only the steps of the current ``train()`` call, so a
+    resumed run reported the mean of its last few steps (2.62 where the whole run's was 3.55). The log history
+    comes back from the checkpoint, and the last step is always logged (:func:`last_step_logged`)."""
+    total, steps, previous = 0.0, 0, 0
+    for h in history:
+        total += h["loss"] * (h["step"] - previous)
+        steps += h["step"] - previous
+        previous = h["step"]
+    return round(total / steps, 4) if steps else None
+
+
+def last_step_logged() -> Any:
+    """A callback that logs the final step as well as every ``logging_steps``-th.
+
+    Why: the Trainer logs only at multiples of logging_steps, so a run shorter than logging_steps logged no loss
+    at all (no loss.png, no curve, ``final_loss`` None) and a longer one's curve and final loss stopped at the last
+    multiple (step 50 of 70)."""
+    from transformers import TrainerCallback
+
+    class LastStepLogged(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                control.should_log = True
+
+    return LastStepLogged()
+
+
+@contextlib.contextmanager
+def no_step_past_the_end(trainer: Any) -> Iterator[None]:
+    """Inside the block, a run resumed from a checkpoint written at its last step trains no further step.
+
+    Why: the Trainer checks for the end only after a step. A run killed after its final checkpoint but before its
+    model was saved (a 70B's save and merge take minutes) resumed at step max_steps, trained step max_steps + 1,
+    wrote checkpoint-41 of 40 and saved that model. The Trainer's epoch loop is wrapped for this one call: at or
+    past the end it stops before the epoch runs, after the checkpoint's weights and state have loaded."""
+    run_epoch = getattr(trainer, "_run_epoch", None)
+    if run_epoch is None:  # pragma: no cover - a transformers without the per-epoch method
+        yield
+        return
+
+    def run_epoch_unless_finished(*args: Any, **kwargs: Any) -> Any:
+        if 0 < trainer.state.max_steps <= trainer.state.global_step:
+            trainer.control.should_training_stop = True
+            return None
+        return run_epoch(*args, **kwargs)
+
+    trainer._run_epoch = run_epoch_unless_finished
+    try:
+        yield
+    finally:
+        trainer.__dict__.pop("_run_epoch", None)
 
 
 def sharding(trainer: Any) -> str:
