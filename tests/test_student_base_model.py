@@ -233,3 +233,21 @@ def test_an_r1_tokenizer_adding_its_own_bos_trains_on_one(tmp_path):
     info = model.distill_build_info
     assert info["chat_format"] == "tokenizer" and info["stopped_automatic_bos"]
     assert example["input_ids"] == template
+
+
+def test_the_tokenizer_declares_the_students_context_not_its_sources(tmp_path, caplog):
+    """The teacher's tokenizer (512 tokens declared) on a student of 2,048 positions: every trace past 512 tokens
+    drew transformers' "Token indices sequence length is longer than the specified maximum sequence length for this
+    model ... will result in indexing errors", false for this student, and the published tokenizer said 512."""
+    import logging
+
+    from distill.student.miniature import tiny_student
+    from tests.tiny_models import build_tiny_teacher
+
+    teacher = build_tiny_teacher(tmp_path / "teacher")
+    cfg = tiny_student().model_copy(update={"init_config": {**TINY_INIT, "max_position_embeddings": 2048}})
+    model, tok = build_student(cfg, str(teacher))
+    assert model.config.max_position_embeddings == tok.model_max_length == 2048
+    with caplog.at_level(logging.WARNING):
+        assert len(tok("1 + 2 = 3. " * 200)["input_ids"]) > 512
+    assert "indexing errors" not in caplog.text

@@ -259,8 +259,9 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
     else:
         raise DistillError("a student needs 'base' (model id or path) or 'init_config'", where=where)
-    if cfg.max_position_embeddings is not None:
-        tokenizer.model_max_length = cfg.max_position_embeddings
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions:  # the student's context, its RoPE stretch included, is what its tokenizer declares
+        tokenizer.model_max_length = positions
     check_lora_targets(model, cfg)
     warn_if_positions_short(model.config, cfg)
     align_eos(model, tokenizer)
