@@ -330,6 +330,17 @@ class TrainConfig(Strict):
             raise ValueError("must be -1 (train num_train_epochs) or a number of steps >= 1, not 0")
         return value
 
+    @field_validator("packing_strategy")
+    @classmethod
+    def _packing_keeps_traces_whole(cls, value: str) -> str:
+        """TRL's ``wrapped`` packing joins the traces into one stream and cuts it every max_length tokens, with no
+        per-trace position ids: traces attend to each other across a bin, and a trace cut at a bin edge loses its
+        answer and EOS, which teaches the student not to stop (REFERENCE pitfall 1)."""
+        if value == "wrapped":
+            raise ValueError("wrapped packing cuts traces at bin edges and lets packed traces attend to each other "
+                             "(the student learns from traces without their answer and EOS); use bfd")
+        return value
+
     @field_validator("optim")
     @classmethod
     def _known_optimizer(cls, value: str) -> str:

@@ -98,6 +98,16 @@ def test_out_of_range_training_numbers_are_refused(tmp_path, line):
     assert f"st.yaml: key 'train.{key}': " in refused(tmp_path, line)
 
 
+def test_wrapped_packing_is_refused_because_it_cuts_traces(tmp_path):
+    """TRL's wrapped packing cuts traces at bin edges (losing their answer and EOS) and lets them attend to each
+    other; the strategies that keep traces whole still load."""
+    text = refused(tmp_path, "packing: true\npacking_strategy: wrapped")
+    assert text.startswith(f"{tmp_path}/st.yaml: key 'train.packing_strategy': wrapped packing cuts traces"), text
+    assert text.endswith("use bfd"), text
+    for strategy in ("bfd", "bfd_split"):
+        assert TrainConfig(packing=True, packing_strategy=strategy).packing_strategy == strategy
+
+
 def test_max_steps_default_and_meaningful_values_load():
     assert TrainConfig().max_steps == -1  # -1: train num_train_epochs
     assert TrainConfig(max_steps=1).max_steps == 1

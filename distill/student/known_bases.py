@@ -14,7 +14,7 @@ from typing import Any
 
 _QWEN2 = dict(model_type="qwen2", hidden_act="silu", rms_norm_eps=1e-6)
 _QWEN25_MATH = dict(_QWEN2, max_position_embeddings=4096, rope_theta=10000.0)  # 4k native context
-_QWEN25_LARGE = dict(_QWEN2, hidden_size=5120, num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
+_QWEN25_LARGE = dict(_QWEN2, rms_norm_eps=1e-5, hidden_size=5120, num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
                      max_position_embeddings=131072, rope_theta=1000000.0, tie_word_embeddings=False)
 _LLAMA3 = dict(model_type="llama", hidden_act="silu", rms_norm_eps=1e-5, attention_bias=False, mlp_bias=False,
                rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
