@@ -206,6 +206,7 @@ def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
 
 
 def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
+    from .student.efficiency import check_report_to
     from .student.gkd import check_teacher
     from .student.model import build_student, parameter_count, save_untrained
     from .student.train import train_student
@@ -216,6 +217,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
         return st.reused()
     need(run / "filtered")
     check_teacher(s, teacher_model_path(recipe))  # a GKD teacher: before the student is built
+    check_report_to(s.train.report_to)  # so is a tracker that cannot log here
     st.begin(force)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
     save_untrained(model, tokenizer, st.folder / "init", s)
@@ -228,6 +230,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
 def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     """The ablation: the same student, same settings, trained on every renderable trace (no correctness, format
     or dedup filtering), so the report shows what the filter buys."""
+    from .student.efficiency import check_report_to
     from .student.gkd import check_teacher
     from .student.model import build_student, save_untrained
     from .student.train import train_student
@@ -240,6 +243,7 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
         return st.reused()
     need(run / "generations")
     check_teacher(s, teacher_model_path(recipe))
+    check_report_to(s.train.report_to)
     st.begin(force)
     data = st.folder / "traces"
     usable = skipped = 0
@@ -351,6 +355,11 @@ def run_pipeline(recipe: ResolvedRecipe, run: Path, *, force: bool = False,
     names = [name for name in STAGES if not only or name in only]
     if not force:
         check_claims(recipe, run, names)
+    if any((st := stage_spec(name, recipe, run)) is not None and (force or not st.is_complete())
+           for name in ("train", "train_unfiltered") if name in names):
+        from .student.efficiency import check_report_to
+
+        check_report_to(recipe.student.train.report_to)  # a tracker that cannot log: before the teacher generates
     seconds: dict[str, float] = {}
     for name in names:
         start = time.time()

@@ -266,7 +266,7 @@ def test_launch_refuses_states_that_cannot_fit_before_any_weights_load(local_bas
 def test_launch_warns_when_activations_would_not_fit(local_base, monkeypatch):
     from distill.student import model as model_module
 
-    student = StudentConfig(base=local_base, train=dict(max_length=32768))
+    student = StudentConfig(base=local_base, train=dict(max_length=32768, gradient_checkpointing=False))
     plan = plan_memory(student, base_config(student), layout="one GPU", processes=1, precision="autocast")
     monkeypatch.setattr(memory, "gpu_memory_bytes", lambda: 2 * plan.states)
     with warnings.catch_warnings(record=True) as caught:
@@ -368,3 +368,20 @@ def test_plan_command_counts_the_gkd_teacher_or_says_it_did_not():
     unnamed = run_cli("student", "plan", "r1-distill-qwen-1.5b-gkd", "--set", "train.gkd.teacher=null")
     assert unnamed.returncode == 0 and "GKD teacher not counted: train.gkd.teacher is unset" in unnamed.stdout
     assert "GKD teacher weights" not in unnamed.stdout
+
+
+def test_gradient_checkpointing_is_on_by_default_for_gpus_and_off_on_cpu(local_base):
+    """A recipe that leaves gradient_checkpointing out is planned (and trained, on a GPU) with it: without, a 7B at
+    the 32k default planned at 3x an 80 GB GPU. On CPU (the demo) it stays off; an explicit value is kept."""
+    from distill.student.train import resolved_settings
+
+    default, planned = _plan("r1-distill-qwen-7b", ["train.gradient_checkpointing=null"])  # left out
+    _, off = _plan("r1-distill-qwen-7b", ["train.gradient_checkpointing=false"])
+    assert default.train.gradient_checkpointing is None and default.train.checkpointing(on_gpu=True)
+    assert "activations (checkpoints)" in planned.parts and "activations" in off.parts
+    assert planned.fits(79 * GiB) and off.total > 1.5 * 79 * GiB  # 7B at 32k: 22 vs 152 GiB of activations
+    assert "gradient checkpointing" in planned.summary(default)
+    default = StudentConfig(base=local_base, train=dict(max_length=32768))
+    assert resolved_settings(default)["gradient_checkpointing"] is False  # this machine has no GPU
+    assert resolved_settings(StudentConfig(base=local_base, train=dict(gradient_checkpointing=True)))[
+        "gradient_checkpointing"] is True

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..entry import print_warnings_once, run_reporting_errors, set_library_env_defaults
+from ..entry import print_warnings_once, report_error, run_reporting_errors, set_library_env_defaults
 
 set_library_env_defaults()  # before any library loads, as distill/cli.py: no progress bars from every rank
 
@@ -61,11 +61,20 @@ def process_group_kwargs() -> dict[str, str]:
     return {"backend": "gloo"}
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's usage error (exit 2), printed once per node: every rank parses the same command line, so a
+    missing --out used to print the usage and the error from every rank."""
+
+    def error(self, message: str):  # type: ignore[override]
+        report_error(f"{self.format_usage()}{self.prog}: error: {message}")
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the train stage on this process; errors end it as ``distill`` (cli.main) ends: bad input is one
     ``error:`` line and exit 2, anything else one ``error: internal error`` line and exit 1 (the traceback with
     DISTILL_DEBUG=1), never a traceback from every rank."""
-    parser = argparse.ArgumentParser(prog="python -m distill.student.launch", description=__doc__.splitlines()[0])
+    parser = _ArgumentParser(prog="python -m distill.student.launch", description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -82,7 +91,7 @@ def launch(args: argparse.Namespace) -> int:
     from ..config import load_recipe
     from ..pipeline import make_run_folder, need, stage_spec, teacher_model_path
     from ..progress import quiet_library_loggers
-    from .efficiency import resolve_bf16
+    from .efficiency import check_report_to, resolve_bf16
     from .gkd import check_teacher
     from .model import build_student, save_untrained
     from .train import resumable_checkpoint, train_student
@@ -103,6 +112,7 @@ def launch(args: argparse.Namespace) -> int:
     make_run_folder(run)
     need(run / "filtered")
     check_teacher(s, teacher_model_path(recipe))  # a GKD teacher: before the student is built
+    check_report_to(s.train.report_to)  # a tracker that cannot log here (main process): before it too
     if state.is_main_process:
         st.begin(args.force)
     state.wait_for_everyone()

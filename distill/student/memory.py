@@ -141,7 +141,7 @@ class MemoryPlan:
         t = student.train
         split = t.parallel.sequence_parallel_size * t.parallel.context_parallel_size
         how = [self.precision] + (["Liger"] if t.use_liger_kernel else []) + (
-            ["gradient checkpointing"] if t.gradient_checkpointing else []) + (
+            ["gradient checkpointing"] if t.checkpointing(on_gpu=True) else []) + (
             [f"LoRA r{student.lora.r}" + (" on NF4" if student.lora.quantization == "nf4" else "")]
             if student.lora.enabled else [])
         return (f"{student.name}: {student.base or 'init_config'} ({self.params / 1e9:.2f}B parameters), "
@@ -315,7 +315,7 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
     if lora.enabled:
         per_layer += adapter_bytes_per_token(counts, lora)
     resid = 2 if precision == "bfloat16" else 4
-    if t.gradient_checkpointing:
+    if t.checkpointing(on_gpu=True):  # a plan is for GPUs
         parts["activations (checkpoints)"] = shape.layers * tokens * shape.hidden * resid
         parts["activations (one layer)"] = per_layer * tokens
     else:
@@ -336,7 +336,7 @@ def suggestions(student: StudentConfig, plan: MemoryPlan, gpu_bytes: int) -> str
     activations = plan.total - plan.states
     tips = []
     if activations >= plan.states / 2:
-        if not t.gradient_checkpointing:
+        if not t.checkpointing(on_gpu=True):
             tips.append("train.gradient_checkpointing=true")
         if not t.use_liger_kernel and t.distill_method != "gkd":
             tips.append("train.use_liger_kernel=true (fused cross-entropy: no logits kept)")
