@@ -352,3 +352,23 @@ for name, steps in (("student", 2), ("student-unfiltered", 3)):
         assert wandb_history(sessions[0]) == steps
         assert (tmp_path / name / "wandb" / "run_id").read_text().strip() == ids[name]
     assert ids["student"] != ids["student-unfiltered"]
+
+
+def test_auto_picks_wandb_exactly_when_it_can_start(monkeypatch, tmp_path):
+    """``auto`` follows wandb's own rules: a ``wandb login`` (netrc) is honoured, and WANDB_MODE=online without a
+    key no longer picks a W&B that then fails in the trainer (before, only WANDB_API_KEY / WANDB_MODE counted)."""
+    from distill.student import efficiency
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")] + ["NETRC"]:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(efficiency, "installed", lambda module: module == "wandb")
+    assert efficiency.resolve_report_to("auto") == []
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert efficiency.resolve_report_to("auto") == []
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert efficiency.resolve_report_to("auto") == ["wandb"]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (tmp_path / ".netrc").unlink()
+    assert efficiency.resolve_report_to("auto") == ["wandb"]

@@ -125,8 +125,9 @@ def resolve_bf16(requested: bool | None, *, cuda: bool | None = None, supported:
 
 def resolve_report_to(requested: str | Sequence[str] = "auto", *, have_tensorboard: bool | None = None,
                       have_wandb: bool | None = None) -> list[str]:
-    """``auto`` -> every installed tracker among tensorboard and wandb (wandb only when it is configured: an API key
-    or WANDB_MODE in the environment, so an unconfigured install never blocks on a login prompt). Explicit names
+    """``auto`` -> every installed tracker among tensorboard and wandb (wandb only when it can start: logged in, an
+    API key, or an offline/disabled WANDB_MODE, :func:`wandb_login_problem`; so an unconfigured install never
+    fails on a missing key, and a ``wandb login`` is honoured). Explicit names
     are returned as they are: :func:`check_report_to` refuses the ones that cannot log here."""
     if requested == "none":
         return []
@@ -137,7 +138,7 @@ def resolve_report_to(requested: str | Sequence[str] = "auto", *, have_tensorboa
     have_tensorboard = (installed("tensorboard") or installed("tensorboardX")) if have_tensorboard is None \
         else have_tensorboard
     if have_wandb is None:
-        have_wandb = installed("wandb") and bool(os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"))
+        have_wandb = installed("wandb") and wandb_login_problem() is None
     return [name for name, ok in (("tensorboard", have_tensorboard), ("wandb", have_wandb)) if ok]
 
 
