@@ -24,6 +24,18 @@ SMALL_RUN = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def launch_markers_in_a_test_folder(tmp_path_factory):
+    """The multi-process launches the tests start keep their print-once markers (distill.entry.first_to_print) in
+    a folder of this session, not in /tmp, where a later launch would clear them only after a day."""
+    folder = tmp_path_factory.mktemp("launch-markers")
+    previous = os.environ.get("DISTILL_LAUNCH_MARKERS")
+    os.environ.setdefault("DISTILL_LAUNCH_MARKERS", str(folder))
+    yield
+    if previous is None:
+        os.environ.pop("DISTILL_LAUNCH_MARKERS", None)
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on now (bound, then released): for the servers and rendezvous the
     tests start, or as an endpoint whose connections are refused."""
