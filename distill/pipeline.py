@@ -206,7 +206,7 @@ def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
 
 
 def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
-    from .student.efficiency import check_report_to
+    from .student.trackers import check_report_to
     from .student.gkd import check_teacher
     from .student.model import build_student, parameter_count, save_untrained
     from .student.train import train_student
@@ -230,7 +230,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
 def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     """The ablation: the same student, same settings, trained on every renderable trace (no correctness, format
     or dedup filtering), so the report shows what the filter buys."""
-    from .student.efficiency import check_report_to
+    from .student.trackers import check_report_to
     from .student.gkd import check_teacher
     from .student.model import build_student, save_untrained
     from .student.train import train_student
@@ -357,7 +357,7 @@ def run_pipeline(recipe: ResolvedRecipe, run: Path, *, force: bool = False,
         check_claims(recipe, run, names)
     if any((st := stage_spec(name, recipe, run)) is not None and (force or not st.is_complete())
            for name in ("train", "train_unfiltered") if name in names):
-        from .student.efficiency import check_report_to
+        from .student.trackers import check_report_to
 
         check_report_to(recipe.student.train.report_to)  # a tracker that cannot log: before the teacher generates
     seconds: dict[str, float] = {}

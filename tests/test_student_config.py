@@ -139,7 +139,7 @@ def test_auto_rules():
     assert efficiency.resolve_bf16(None, cuda=False, supported=False) is False
     with pytest.warns(RuntimeWarning):
         assert efficiency.resolve_bf16(True, cuda=False, supported=False) is False
-    rt = efficiency.resolve_report_to
+    from distill.student.trackers import resolve_report_to as rt
     assert rt("auto", have_tensorboard=False, have_wandb=False) == []
     assert rt("auto", have_tensorboard=True, have_wandb=True) == ["tensorboard", "wandb"]
     assert rt("none", have_tensorboard=True) == [] and rt("wandb") == ["wandb"]

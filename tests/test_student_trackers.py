@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from distill.errors import DistillError
-from distill.student.efficiency import check_report_to, wandb_login_problem
+from distill.student.trackers import check_report_to, wandb_login_problem
 from distill.student.miniature import write_kept
 from tests.conftest import ROOT
 
@@ -171,12 +171,12 @@ def test_what_wandb_counts_as_logged_in(tmp_path, monkeypatch):
 
 def test_only_explicit_trackers_are_checked_and_only_on_the_main_process(monkeypatch, tmp_path):
     """``auto`` picks what works (unchanged) and ``none`` uses nothing; other ranks never log to a tracker."""
-    from distill.student import efficiency
+    from distill.student import trackers
 
-    monkeypatch.setattr(efficiency, "installed", lambda module: False)  # nothing installed
+    monkeypatch.setattr(trackers, "installed", lambda module: False)  # nothing installed
     check_report_to("auto")
     check_report_to("none")
-    assert efficiency.resolve_report_to("auto") == []
+    assert trackers.resolve_report_to("auto") == []
     check_report_to("mlflow")  # left to transformers
     with pytest.raises(DistillError, match=r"^student\.train\.report_to: asks for tensorboard, which is not "
                                            r"installed .*; asks for wandb, which is not installed: pip install wandb"):
@@ -207,7 +207,7 @@ def test_the_train_stage_and_the_launcher_refuse_before_the_student_is_built(tmp
 def test_a_tensorboard_that_does_not_import_is_one_error(monkeypatch, tmp_path):
     """Installed (found) but broken: was tensorboardX's ModuleNotFoundError from the fallback import."""
     from distill.student.miniature import tiny_student
-    from distill.student.train import tensorboard_callbacks
+    from distill.student.trackers import tensorboard_callbacks
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` raises ImportError
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
@@ -227,7 +227,7 @@ def wandb_env(monkeypatch):
 
 
 def test_a_run_folder_keeps_one_wandb_run_id(tmp_path, wandb_env):
-    from distill.student.train import wandb_defaults
+    from distill.student.trackers import wandb_defaults
 
     wandb_defaults(tmp_path / "student")
     first = (tmp_path / "student" / "wandb" / "run_id").read_text().strip()
@@ -247,7 +247,7 @@ def test_a_run_folder_keeps_one_wandb_run_id(tmp_path, wandb_env):
 
 @pytest.mark.parametrize("users", [{"WANDB_RUN_ID": "mine"}, {"WANDB_RESUME": "never"}])
 def test_the_users_own_wandb_run_id_or_resume_wins(tmp_path, wandb_env, users):
-    from distill.student.train import wandb_defaults
+    from distill.student.trackers import wandb_defaults
 
     for key, value in users.items():
         wandb_env.setenv(key, value)
@@ -258,7 +258,7 @@ def test_the_users_own_wandb_run_id_or_resume_wins(tmp_path, wandb_env, users):
 
 
 def test_only_the_main_process_writes_the_run_id(tmp_path, wandb_env):
-    from distill.student.train import wandb_defaults
+    from distill.student.trackers import wandb_defaults
 
     wandb_env.setenv("RANK", "3")
     wandb_defaults(tmp_path / "student")
@@ -357,18 +357,18 @@ for name, steps in (("student", 2), ("student-unfiltered", 3)):
 def test_auto_picks_wandb_exactly_when_it_can_start(monkeypatch, tmp_path):
     """``auto`` follows wandb's own rules: a ``wandb login`` (netrc) is honoured, and WANDB_MODE=online without a
     key no longer picks a W&B that then fails in the trainer (before, only WANDB_API_KEY / WANDB_MODE counted)."""
-    from distill.student import efficiency
+    from distill.student import trackers
 
     for key in [k for k in os.environ if k.startswith("WANDB_")] + ["NETRC"]:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(efficiency, "installed", lambda module: module == "wandb")
-    assert efficiency.resolve_report_to("auto") == []
+    monkeypatch.setattr(trackers, "installed", lambda module: module == "wandb")
+    assert trackers.resolve_report_to("auto") == []
     monkeypatch.setenv("WANDB_MODE", "online")
-    assert efficiency.resolve_report_to("auto") == []
+    assert trackers.resolve_report_to("auto") == []
     (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
     (tmp_path / ".netrc").chmod(0o600)
-    assert efficiency.resolve_report_to("auto") == ["wandb"]
+    assert trackers.resolve_report_to("auto") == ["wandb"]
     monkeypatch.setenv("WANDB_MODE", "offline")
     (tmp_path / ".netrc").unlink()
-    assert efficiency.resolve_report_to("auto") == ["wandb"]
+    assert trackers.resolve_report_to("auto") == ["wandb"]

@@ -14,10 +14,8 @@ cheaper (no N x N mask).
 from __future__ import annotations
 
 import importlib.util
-import os
 import warnings
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
 
@@ -122,136 +120,6 @@ def resolve_bf16(requested: bool | None, *, cuda: bool | None = None, supported:
         return False
     return bool(requested)
 
-
-def resolve_report_to(requested: str | Sequence[str] = "auto", *, have_tensorboard: bool | None = None,
-                      have_wandb: bool | None = None) -> list[str]:
-    """``auto`` -> every installed tracker among tensorboard and wandb (wandb only when it can start: logged in, an
-    API key, or an offline/disabled WANDB_MODE, :func:`wandb_login_problem`; so an unconfigured install never
-    fails on a missing key, and a ``wandb login`` is honoured). Explicit names
-    are returned as they are: :func:`check_report_to` refuses the ones that cannot log here."""
-    if requested == "none":
-        return []
-    if isinstance(requested, str) and requested != "auto":
-        return [requested]
-    if not isinstance(requested, str):
-        return list(requested)
-    have_tensorboard = (installed("tensorboard") or installed("tensorboardX")) if have_tensorboard is None \
-        else have_tensorboard
-    if have_wandb is None:
-        have_wandb = installed("wandb") and wandb_login_problem() is None
-    return [name for name, ok in (("tensorboard", have_tensorboard), ("wandb", have_wandb)) if ok]
-
-
-def check_report_to(requested: str | Sequence[str]) -> None:
-    """Refuse a tracker that ``train.report_to`` names explicitly but that cannot log on this machine, as one
-    DistillError naming the key and the fix; ``auto`` and ``none`` pass (auto picks only what works).
-
-    Why: transformers finds out only once the trainer starts, after the student is built (minutes to load a 70B):
-    a missing tensorboard was ``ModuleNotFoundError: No module named 'tensorboardX'``, wandb without an API key
-    ``UsageError: No API key configured`` from deep in the trainer, both reported as internal errors. The train
-    stage, the multi-process launch and the pipeline (before the teacher generates) call this first. Only the main
-    process logs to trackers (transformers' callbacks and ours), so only its environment is checked; when it
-    refuses, the launcher ends the other processes."""
-    if isinstance(requested, str) and requested in ("auto", "none"):
-        return
-    from .distributed import is_main_process
-
-    if not is_main_process():
-        return
-    names = [requested] if isinstance(requested, str) else list(requested)
-    problems = [p for p in (tracker_problem(name) for name in dict.fromkeys(names)) if p]
-    if problems:
-        from ..errors import DistillError
-
-        raise DistillError("; ".join(problems), where="student.train.report_to")
-
-
-def tracker_problem(name: str) -> str | None:
-    """Why tracker ``name`` cannot log here, with the fix, or None when it can (trackers other than tensorboard and
-    wandb are left to transformers)."""
-    if name == "tensorboard" and not (installed("tensorboard") or installed("tensorboardX")):
-        return ("asks for tensorboard, which is not installed (nor tensorboardX): pip install tensorboard, or leave "
-                "tensorboard out of report_to")
-    if name == "wandb":
-        if not installed("wandb"):
-            return "asks for wandb, which is not installed: pip install wandb, or leave wandb out of report_to"
-        return wandb_login_problem()
-    return None
-
-
-WANDB_OFFLINE_MODES = ("offline", "dryrun", "disabled")  # no server, so no API key needed
-WANDB_API_HOST = "api.wandb.ai"  # W&B's cloud, where ``wandb login`` stores the key
-WANDB_FORGE_HOSTS = ("forge.coreweave.com", "api.forge.coreweave.com")  # wandb 0.31's default, in front of it
-
-
-def wandb_login_problem(environ: dict[str, str] | None = None) -> str | None:
-    """Why W&B would not start here for want of credentials, or None when it would: what wandb itself consults
-    (checked against wandb 0.31's wbauth), read without contacting the server and without starting wandb's session
-    (wandb reads WANDB_* once per process, and :func:`distill.student.train.wandb_defaults` sets some later):
-
-    - ``WANDB_MODE``, else ``mode`` in wandb's global settings file: offline, dryrun and disabled need no key;
-    - ``WANDB_API_KEY`` or ``WANDB_IDENTITY_TOKEN_FILE`` in the environment, or ``api_key`` in that settings file;
-    - the netrc file (``NETRC``, else ``~/.netrc`` or ``~/_netrc``) holding a password for the server's host:
-      ``WANDB_BASE_URL`` or the settings file's ``base_url``, by default W&B's cloud (api.wandb.ai, which
-      ``wandb login`` writes; wandb 0.31 addresses it through CoreWeave Forge and looks up either).
-
-    Without any of them wandb.init stops with ``UsageError: No API key configured`` (a process without a
-    terminal cannot be prompted)."""
-    env = os.environ if environ is None else environ
-    settings = _wandb_global_settings(env)
-    mode = (env.get("WANDB_MODE") or settings.get("mode") or "online").strip()
-    if mode in WANDB_OFFLINE_MODES:
-        return None
-    if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE") or settings.get("api_key"):
-        return None
-    from urllib.parse import urlsplit
-
-    host = urlsplit(env.get("WANDB_BASE_URL") or settings.get("base_url") or "").hostname
-    hosts = {host} if host else {WANDB_API_HOST, *WANDB_FORGE_HOSTS}
-    if host in WANDB_FORGE_HOSTS:
-        hosts.add(WANDB_API_HOST)
-    netrc_path = _netrc_path(env)
-    if _netrc_has_password(netrc_path, hosts):
-        return None
-    return (f"asks for wandb, which has no API key here (no WANDB_API_KEY, no entry for {host or WANDB_API_HOST} in "
-            f"{netrc_path}): run `wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline to log to the run "
-            "folder only (upload later with `wandb sync`)")
-
-
-def _wandb_global_settings(env: Any) -> dict[str, str]:
-    """The ``[default]`` section of wandb's global settings file (``WANDB_CONFIG_DIR/settings``, else
-    ``~/.config/wandb/settings``); empty when missing or unreadable. The workspace file (``./wandb/settings``,
-    which a plain ``wandb offline`` writes) is not read: training points WANDB_DIR into the run folder, so wandb
-    does not read it there either."""
-    import configparser
-
-    config_dir = env.get("WANDB_CONFIG_DIR")
-    path = Path(config_dir).expanduser() / "settings" if config_dir else Path("~/.config/wandb/settings").expanduser()
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(path, encoding="utf-8")
-    except (OSError, configparser.Error, UnicodeDecodeError):
-        return {}
-    return dict(parser["default"]) if parser.has_section("default") else {}
-
-
-def _netrc_path(env: Any) -> Path:
-    """The netrc file wandb reads (wbauth.wbnetrc): ``NETRC``, else ``~/.netrc``, else ``~/_netrc``."""
-    if env.get("NETRC"):
-        return Path(env["NETRC"]).expanduser()
-    unix = Path("~/.netrc").expanduser()
-    windows = Path("~/_netrc").expanduser()
-    return windows if not unix.exists() and windows.exists() else unix
-
-
-def _netrc_has_password(path: Path, hosts: set[str]) -> bool:
-    import netrc
-
-    try:
-        parsed = netrc.netrc(str(path))  # an explicit file: no ownership check, as wandb reads it
-    except (OSError, netrc.NetrcParseError):
-        return False  # wandb warns and goes on without it
-    return any((creds := parsed.authenticators(host)) and creds[2] for host in hosts)
 
 
 def resolve_padding_free(packing: bool, strategy: str, requested: bool | None) -> bool:

@@ -91,9 +91,10 @@ def launch(args: argparse.Namespace) -> int:
     from ..config import load_recipe
     from ..pipeline import make_run_folder, need, stage_spec, teacher_model_path
     from ..progress import quiet_library_loggers
-    from .efficiency import check_report_to, resolve_bf16
+    from .efficiency import resolve_bf16
     from .gkd import check_teacher
     from .model import build_student, save_untrained
+    from .trackers import check_report_to
     from .train import resumable_checkpoint, train_student
     from .ulysses import repair_gloo_all_to_all
 

@@ -30,11 +30,11 @@ from ..config import StudentConfig
 from ..errors import DistillError
 from ..records import ShardedJsonlStore, iter_jsonl
 from . import distributed
-from .efficiency import (liger_provider, resolve_attn_implementation, resolve_bf16, resolve_liger,
-                         resolve_padding_free, resolve_report_to)
+from .efficiency import liger_provider, resolve_attn_implementation, resolve_bf16, resolve_liger, resolve_padding_free
 from .lora import (is_peft_model, is_quantized, let_fused_head_read_token_rows, merge_adapter_folder,
                    peft_config, token_row_layers)
 from .memory import peak_gpu_gib
+from .trackers import resolve_report_to, tensorboard_callbacks, wandb_defaults
 from .model import align_eos, publish_dtype, save_model
 
 
@@ -166,82 +166,6 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
     )
     kwargs.update(extra)
     return config_cls(**kwargs)
-
-
-def tensorboard_callbacks(cfg: StudentConfig, out_dir: Path) -> list[Any]:
-    """TensorBoard logs (loss, learning rate, tokens/s) in ``RUN/student/tensorboard`` when tensorboard is here.
-
-    First, before the trainer is built, a tracker the recipe names that cannot log here (not installed, W&B without
-    an API key) is one error naming ``student.train.report_to`` (efficiency.check_report_to; the train stage and
-    the launcher check before the student is built, this covers other callers of train_student). A tensorboard
-    that is installed but does not import is one error too, not tensorboardX's ModuleNotFoundError."""
-    from .efficiency import check_report_to
-
-    check_report_to(cfg.train.report_to)
-    if "tensorboard" not in resolve_report_to(cfg.train.report_to) or not distributed.is_main_process():
-        return []
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            from .model import first_line
-
-            raise DistillError(f"tensorboard does not import ({first_line(exc)}), nor does tensorboardX: pip install "
-                               "tensorboard, or leave tensorboard out of report_to",
-                               where="student.train.report_to") from exc
-    from transformers.integrations import TensorBoardCallback
-
-    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out_dir / "tensorboard")))]
-
-
-USER_WANDB_DIR = os.environ.get("WANDB_DIR")
-
-
-def wandb_defaults(out_dir: Path) -> None:
-    """W&B runs land in the run folder (``RUN/student/wandb``, next to the TensorBoard logs) under the project
-    ``r1-distill``, unless WANDB_DIR / WANDB_PROJECT say otherwise. Why: wandb's own defaults are the current
-    directory and a project called "huggingface", which scatters runs of different students.
-
-    A training run folder keeps one W&B run id (``wandb/run_id``, written once by the main process, atomically)
-    and W&B is told to resume it (WANDB_RUN_ID, WANDB_RESUME=allow), unless WANDB_RUN_ID or WANDB_RESUME are the
-    user's own (DISTILL_WANDB_RUN_ID records the id set here). Why: a rerun after a crash resumes training from its
-    checkpoint, but W&B started a new run, so one training's curves were split into two runs. ``--force`` wipes
-    the folder, and with it the id: a new training, a new W&B run.
-
-    The student and the unfiltered ablation each get their own folder, so their own id. When both train in one
-    process, the previous training's W&B run is finished and wandb's session reset here: transformers leaves its
-    run open (the ablation logged into the student's run) and wandb reads WANDB_* once per session."""
-    import re
-    import secrets
-    import string
-
-    os.environ.setdefault("WANDB_PROJECT", "r1-distill")
-    folder = out_dir / "wandb"
-    folder.mkdir(parents=True, exist_ok=True)
-    if USER_WANDB_DIR is None:  # per training run: the student and the unfiltered ablation each get their own
-        os.environ["WANDB_DIR"] = str(folder)
-    ours = os.environ.get("DISTILL_WANDB_RUN_ID")  # set here before, in this process or the one that started it
-    set_here = {"WANDB_RUN_ID": ours, "WANDB_RESUME": "allow" if ours else None}
-    users_own = any(os.environ.get(key, value) != value for key, value in set_here.items())
-    if users_own or not distributed.is_main_process():  # only the main process logs to W&B
-        return
-    path = folder / "run_id"
-    if not path.exists():
-        tmp = folder / f".run_id.{os.getpid()}.tmp"
-        tmp.write_text("".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)) + "\n")
-        os.replace(tmp, path)
-    run_id = path.read_text(encoding="utf-8").strip()
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", run_id):
-        raise DistillError(f"not a W&B run id ({run_id[:80]!r}); delete the file to log to a new W&B run",
-                           where=str(path))
-    wandb = sys.modules.get("wandb")
-    previous = getattr(wandb, "run", None)
-    if previous is not None and ours is not None and previous.id == ours != run_id:
-        previous.finish()
-        wandb.teardown()
-    os.environ.update(WANDB_RUN_ID=run_id, WANDB_RESUME="allow", DISTILL_WANDB_RUN_ID=run_id)
 
 
 def r1_token_ids(tokenizer: Any) -> list[int]:
