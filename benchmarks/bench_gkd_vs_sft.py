@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['final_loss']:.4f}  train {r['train_seconds']} s for {r['steps']} steps  "
                   f"eval {r['eval_seconds']} s")
         base = results["sft"]["pass@1"]
-        ratio = results["gkd"]["pass@1"] / base if base else float("inf")
-        print(f"GKD / SFT pass@1: {ratio:.2f}x   train time ratio: "
+        ratio = f"{results['gkd']['pass@1'] / base:.2f}x" if base else "n/a (SFT pass@1 is 0)"
+        print(f"GKD / SFT pass@1: {ratio}   train time ratio: "
               f"{results['gkd']['train_seconds'] / max(results['sft']['train_seconds'], 1e-9):.2f}x")
         print(json.dumps(results))
     finally:

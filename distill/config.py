@@ -410,6 +410,10 @@ class TrainConfig(Strict):
                              "TRL's GKD trainer samples from and scores whole sequences, which sequence/context "
                              "parallelism splits across GPUs; train GKD with ZeRO-3 alone (it shards the teacher "
                              "too) and a max_length one GPU holds")
+        if self.distill_method == "gkd" and self.packing:
+            # GKD's collator pads prompt/completion pairs; the run recorded padding-free varlen attention it never ran
+            raise ValueError("packing with distill_method gkd: TRL's GKD trainer takes one prompt/completion pair a "
+                             "row (it samples completions for the prompts), so it does not pack; set packing: false")
         return self
 
 

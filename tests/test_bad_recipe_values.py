@@ -108,6 +108,13 @@ def test_wrapped_packing_is_refused_because_it_cuts_traces(tmp_path):
         assert TrainConfig(packing=True, packing_strategy=strategy).packing_strategy == strategy
 
 
+def test_packing_with_gkd_is_refused(tmp_path):
+    """GKD trains unpacked prompt/completion pairs; with packing on, the run silently trained unpacked while its
+    settings recorded padding-free varlen attention."""
+    text = refused(tmp_path, "packing: true\ndistill_method: gkd")
+    assert "packing with distill_method gkd" in text and text.endswith("set packing: false"), text
+
+
 def test_max_steps_default_and_meaningful_values_load():
     assert TrainConfig().max_steps == -1  # -1: train num_train_epochs
     assert TrainConfig(max_steps=1).max_steps == 1

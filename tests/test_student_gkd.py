@@ -49,6 +49,31 @@ def test_gkd_on_policy_trains_and_saves(teacher, tmp_path, monkeypatch):
     assert student.generation_config.eos_token_id == tok.eos_token_id
 
 
+@pytest.mark.parametrize("lmbda", [1.0, 0.0])
+def test_each_step_is_divided_by_the_tokens_it_trains_on(teacher, tmp_path, lmbda):
+    """On an on-policy step TRL replaces the batch's completions with the student's samples, but the divisor the
+    Trainer counted from the dataset batch went on: 63 sampled tokens were divided by the 266 of the traces they
+    replaced. Every step's loss is now a mean over the tokens it sums (and on-policy sampling keeps the KV cache,
+    which TRL dropped under gradient checkpointing)."""
+    from distill.student.gkd import gkd_trainer
+    from distill.student.train import kept_records
+
+    cfg = tiny_student(max_steps=3, per_device_train_batch_size=4, gradient_checkpointing=True,
+                       distill_method="gkd", gkd={"teacher": teacher, "lmbda": lmbda, "max_new_tokens": 6})
+    model, tok = build_student(cfg, teacher)
+    trainer, _, _ = gkd_trainer(model, tok, cfg, kept_records(write_kept(tmp_path / "kept", 12)), tmp_path / "out",
+                                teacher=teacher)
+    assert trainer.generation_kwargs["use_cache"] is True and trainer.generation_config.use_cache is True
+    seen, loss = [], trainer.generalized_jsd_loss
+    trainer.generalized_jsd_loss = lambda **kw: seen.append(
+        (int((kw["labels"] != -100).sum()), float(kw["num_items_in_batch"]))) or loss(**kw)
+    trainer.train()
+    assert len(seen) == 3
+    assert all(summed == divisor for summed, divisor in seen), seen
+    if lmbda == 1.0:  # sampled completions of at most 6 tokens, where the traces have dozens
+        assert all(summed <= 4 * 6 for summed, _ in seen), seen
+
+
 def test_gkd_leaves_out_traces_longer_than_max_length(teacher, tmp_path):
     """TRL's ChatML collator keeps the *last* max_length tokens of a row: a trace too long lost its BOS and
     question (or, with the completion alone too long, failed at whichever step drew it). Such traces are left out

@@ -187,6 +187,10 @@ def gkd_trainer(model: Any, tokenizer: Any, cfg: StudentConfig, records: list[di
     trainer = data_parallel_gkd(GKDTrainer)(
         model=model, teacher_model=teacher_model, args=args, train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer, peft_config=lora_config_for(cfg, tokenizer, model), callbacks=callbacks)
+    # TRL samples without the KV cache when gradient checkpointing is on, though it turns checkpointing off while
+    # it samples: each new token recomputed its whole prefix, quadratic in the recipe's 4k on-policy tokens
+    trainer.generation_kwargs["use_cache"] = True
+    trainer.generation_config.use_cache = True
     return trainer, rows, overlong
 
 
@@ -205,8 +209,16 @@ def data_parallel_gkd(base: type) -> type:
 
     class DataParallelGKDTrainer(base):
         generalized_jsd_loss = staticmethod(chunked_generalized_jsd_loss)  # TRL's formula, a chunk at a time
+        dataset_tokens = 0  # the trained tokens of the micro-batch as collated, before TRL may replace it
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.dataset_tokens = trained_tokens(inputs["labels"])
+            return super().training_step(model, inputs, num_items_in_batch)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if num_items_in_batch is not None and self.dataset_tokens:
+                num_items_in_batch = on_policy_token_count(num_items_in_batch, self.dataset_tokens,
+                                                           trained_tokens(inputs["labels"]))
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
             if not (self.args.average_tokens_across_devices and num_items_in_batch is not None):
@@ -215,6 +227,25 @@ def data_parallel_gkd(base: type) -> type:
             return result if scale == 1 else scaled_loss(result, scale, return_outputs)
 
     return DataParallelGKDTrainer
+
+
+def trained_tokens(labels: Any) -> int:
+    """The tokens a batch's loss sums over: labels other than -100 after the causal shift (as compute_loss uses)."""
+    return int((labels[:, 1:] != -100).sum())
+
+
+def on_policy_token_count(num_items_in_batch: Any, collated: int, trained: int) -> Any:
+    """The divisor of a micro-batch's summed loss once TRL has replaced its completions with samples.
+
+    Why: the Trainer counts ``num_items_in_batch`` (the global batch's tokens) from the dataset batches before the
+    step; on an on-policy (or seq_kd) step TRL swaps in the model's own samples and their labels but passes the
+    old count on. The loss over 63 sampled tokens was divided by the 266 tokens of the traces they replaced, so
+    on-policy steps trained at a fraction of the learning rate of off-policy ones and lmbda did not mean what the
+    recipe says. The count is rescaled by this micro-batch's ratio of trained to collated tokens: exact for one
+    micro-batch on one process, and for the others where their samples scale alike."""
+    if trained == collated:
+        return num_items_in_batch
+    return num_items_in_batch * trained / collated
 
 
 def teacher_placement(teacher: Any) -> dict[str, Any]:
