@@ -110,6 +110,17 @@ def check_claims(recipe: ResolvedRecipe, run: Path, names: list[str]) -> None:
             st.check_claim()
 
 
+def check_student_inputs(recipe: ResolvedRecipe) -> None:
+    """What a student stage checks before the student is built (minutes for a 70B, its untrained copy written
+    first): the GKD teacher it will load, and the trackers it will log to. The train stages and the
+    multi-process training launcher call it."""
+    from .student.gkd import check_teacher
+    from .student.trackers import check_report_to
+
+    check_teacher(recipe.student, teacher_model_path(recipe))
+    check_report_to(recipe.student.train.report_to)
+
+
 def stage_prompts(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     st = stage_spec("prompts", recipe, run)
     if st.is_complete() and not force:
@@ -206,8 +217,6 @@ def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
 
 
 def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
-    from .student.trackers import check_report_to
-    from .student.gkd import check_teacher
     from .student.model import build_student, parameter_count, save_untrained
     from .student.train import train_student
 
@@ -216,8 +225,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
     if st.is_complete() and not force:
         return st.reused()
     need(run / "filtered")
-    check_teacher(s, teacher_model_path(recipe))  # a GKD teacher: before the student is built
-    check_report_to(s.train.report_to)  # so is a tracker that cannot log here
+    check_student_inputs(recipe)
     st.begin(force)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
     save_untrained(model, tokenizer, st.folder / "init", s)
@@ -230,8 +238,6 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
 def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     """The ablation: the same student, same settings, trained on every renderable trace (no correctness, format
     or dedup filtering), so the report shows what the filter buys."""
-    from .student.trackers import check_report_to
-    from .student.gkd import check_teacher
     from .student.model import build_student, save_untrained
     from .student.train import train_student
 
@@ -242,8 +248,7 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
     if st.is_complete() and not force:
         return st.reused()
     need(run / "generations")
-    check_teacher(s, teacher_model_path(recipe))
-    check_report_to(s.train.report_to)
+    check_student_inputs(recipe)
     st.begin(force)
     data = st.folder / "traces"
     usable = skipped = 0

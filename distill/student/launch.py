@@ -89,12 +89,10 @@ def launch(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from ..config import load_recipe
-    from ..pipeline import make_run_folder, need, stage_spec, teacher_model_path
+    from ..pipeline import check_student_inputs, make_run_folder, need, stage_spec, teacher_model_path
     from ..progress import quiet_library_loggers
     from .efficiency import resolve_bf16
-    from .gkd import check_teacher
     from .model import build_student, save_untrained
-    from .trackers import check_report_to
     from .train import resumable_checkpoint, train_student
     from .ulysses import repair_gloo_all_to_all
 
@@ -112,8 +110,7 @@ def launch(args: argparse.Namespace) -> int:
         return 0
     make_run_folder(run)
     need(run / "filtered")
-    check_teacher(s, teacher_model_path(recipe))  # a GKD teacher: before the student is built
-    check_report_to(s.train.report_to)  # a tracker that cannot log here (main process): before it too
+    check_student_inputs(recipe)  # the GKD teacher and the trackers: before the student is built
     if state.is_main_process:
         st.begin(args.force)
     state.wait_for_everyone()

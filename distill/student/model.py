@@ -23,7 +23,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Gener
                           Qwen2Config)
 
 from ..config import SamplingConfig, StudentConfig
-from ..errors import DistillError
+from ..errors import DistillError, first_line
 from ..hub_access import loadable_ref
 from .distributed import check_gpus, launcher_kind, receives_weights_from_main
 from .efficiency import resolve_attn_implementation, resolve_bf16, resolve_padding_free
@@ -36,20 +36,6 @@ ARCHITECTURES = {"qwen2": (Qwen2Config, "Qwen2ForCausalLM"), "llama": (LlamaConf
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (joined with the next where it ends in a colon, as torch's
-    "Error(s) in loading state_dict for X:" does), cut to ``limit`` characters (at a sentence's end where there is
-    one); the class name when it is empty."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return exc.__class__.__name__
-    text = lines[0] + (f" {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else "")
-    if len(text) <= limit:
-        return text
-    sentence = text[:limit].rfind(". ")  # torch's corrupt-file message runs on for 400 characters
-    return text[:sentence + 1] if sentence > 0 else text[:limit - 3] + "..."
 
 
 def folder_problem(folder: str | Path, part: str) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import StudentConfig
-from ..errors import DistillError
+from ..errors import DistillError, first_line
 from . import distributed
 from .efficiency import installed
 
@@ -162,8 +162,6 @@ def tensorboard_callbacks(cfg: StudentConfig, out_dir: Path) -> list[Any]:
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
-            from .model import first_line
-
             raise DistillError(f"tensorboard does not import ({first_line(exc)}), nor does tensorboardX: pip install "
                                "tensorboard, or leave tensorboard out of report_to",
                                where="student.train.report_to") from exc

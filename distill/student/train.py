@@ -27,7 +27,7 @@ import torch
 
 from ..chat_template import ADDED_TOKENS, SPECIAL_TOKENS, render_training_pair
 from ..config import StudentConfig
-from ..errors import DistillError
+from ..errors import DistillError, first_line
 from ..records import ShardedJsonlStore, iter_jsonl
 from . import distributed
 from .efficiency import liger_provider, resolve_attn_implementation, resolve_bf16, resolve_liger, resolve_padding_free
@@ -389,8 +389,6 @@ def resume_errors(trainer: Any, checkpoint: str | None) -> Iterator[None]:
 
     import transformers.trainer as trainer_module
     from transformers import TrainerState
-
-    from .model import first_line
 
     def guarded(load: Any, what: str) -> Any:
         @functools.wraps(load)
