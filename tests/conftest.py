@@ -46,8 +46,10 @@ def free_port() -> int:
 
 def worker_env(**extra: str) -> dict[str, str]:
     """The environment of a multi-process child (torchrun, accelerate launch, a launch script): this checkout
-    importable, one torch thread per process (two cores), no rank variables inherited from a surrounding launch."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    importable, one torch thread per process (two cores), no rank variables inherited from a surrounding launch,
+    and faulthandler on, so a rank that dies of a signal says where (a rare abort is otherwise undiagnosable)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+           "PYTHONFAULTHANDLER": "1"}  # a rank killed by a signal (SIGABRT, SIGSEGV) prints its Python stack
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(key, None)
     env.update(extra)

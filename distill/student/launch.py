@@ -107,6 +107,7 @@ def launch(args: argparse.Namespace) -> int:
     if st.is_complete() and not args.force:
         if state.is_main_process:
             print(f"train stage already complete in {st.folder}")
+        state.destroy_process_group()
         return 0
     make_run_folder(run)
     need(run / "filtered")
@@ -128,6 +129,11 @@ def launch(args: argparse.Namespace) -> int:
                   counts={"parameters": params, "examples": metrics["examples"], "processes": processes},
                   metrics=metrics)
     state.wait_for_everyone()
+    # Leave the process group while the interpreter is whole, and only on success (torchtitan's rule: a rank that
+    # failed mid-collective would hang its peers here). Left to interpreter teardown, gloo's worker threads can
+    # free their pending work after Python is gone and abort the rank ("terminate called without an active
+    # exception") after everything was saved; NCCL warns that the group was never destroyed.
+    state.destroy_process_group()
     return 0
 
 
