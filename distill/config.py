@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -452,6 +453,18 @@ class StudentConfig(Strict):
                 raise KeyedValueError(f"init_config.{exc.key}", str(exc), ("architecture",)) from None
             except ValueError as exc:
                 raise KeyedValueError("init_config", str(exc), ("architecture",)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _gkd_trains_without_dropout(self) -> "StudentConfig":
+        """TRL's GKD turns every dropout module off (``disable_dropout``), LoRA's included, so the student samples
+        and is scored with the same weights. A LoRA dropout the recipe sets on purpose would silently not apply:
+        say so (the default 0.05 is left quiet; the run records the dropout it trained with)."""
+        lora = self.lora
+        if self.train.distill_method == "gkd" and lora.enabled and lora.dropout and "dropout" in lora.model_fields_set:
+            warnings.warn(f"student.lora.dropout {lora.dropout} does not apply with distill_method gkd: TRL's GKD "
+                          "turns every dropout off, LoRA's included (the student samples and is scored with the "
+                          "same weights); set lora.dropout: 0", RuntimeWarning, stacklevel=2)
         return self
 
 

@@ -96,6 +96,26 @@ def test_gkd_leaves_out_traces_longer_than_max_length(teacher, tmp_path):
         assert text.startswith(BOS + USER) and text.endswith(EOS)
 
 
+def test_gkd_with_lora_records_and_warns_that_dropout_is_off(teacher, tmp_path):
+    """TRL's GKD zeroes every dropout module, LoRA's too: the run records the dropout its adapters trained with
+    (0, not the recipe's 0.1), and a recipe that sets lora.dropout on purpose is told at load."""
+    import warnings
+
+    from distill.config import StudentConfig
+
+    cfg = tiny_student(max_steps=1, distill_method="gkd", gkd={"teacher": teacher, "lmbda": 0.0})
+    data = {**cfg.model_dump(exclude_unset=True), "lora": {"enabled": True, "r": 4, "dropout": 0.1}}
+    with pytest.warns(RuntimeWarning, match=r"student.lora.dropout 0.1 does not apply with distill_method gkd"):
+        cfg = StudentConfig.model_validate(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default dropout, or SFT, says nothing
+        StudentConfig.model_validate({**data, "lora": {"enabled": True}})
+        StudentConfig.model_validate({**data, "train": {**data["train"], "distill_method": "sft"}})
+    model, tok = build_student(cfg, teacher)
+    metrics = train_student(model, tok, cfg, write_kept(tmp_path / "kept", 4), tmp_path / "out")
+    assert metrics["settings"]["lora"] and metrics["settings"]["lora_dropout"] == 0.0
+
+
 def test_gkd_needs_a_teacher(teacher, tmp_path):
     cfg = tiny_student(max_steps=1, distill_method="gkd")
     model, tok = build_student(cfg, teacher)

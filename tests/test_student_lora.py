@@ -47,6 +47,7 @@ def test_lora_trains_and_exports_a_merged_plain_model(teacher, tmp_path):
     metrics = train_student(model, tok, cfg, write_kept(tmp_path / "kept", 12), tmp_path / "out")
 
     assert metrics["settings"]["lora"] and metrics["steps"] == 3
+    assert metrics["settings"]["lora_dropout"] == cfg.lora.dropout == 0.05  # SFT trains with the recipe's dropout
     assert 0 < metrics["trainable_parameters"] < 0.5 * total
     saved = tmp_path / "out" / "model"
     with safe_open(str(saved / "model.safetensors"), "pt") as f:

@@ -455,6 +455,7 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             settings.update(teacher_placement(trainer.teacher_model))
         if (reduce_dtype := distributed.reduce_gradients_in_float32(trainer.accelerator)) is not None:
             settings["fsdp_gradient_reduce_dtype"] = reduce_dtype
+        settings["lora_dropout"] = lora_dropout(trainer.model)  # before training: saving merges the adapters
         let_fused_head_read_token_rows(trainer.model)
         quiet_progress(trainer)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -478,7 +479,16 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
             "lr_curve": [(h["step"], h["learning_rate"]) for h in history if "learning_rate" in h],
             "trainable_parameters": trainable, "gpu_peak_gib": peak_gpu_gib(),
             "settings": {**settings, "distill_method": t.distill_method, "sharding": sharding(trainer),
-                         "lora": cfg.lora.enabled, **getattr(model, "distill_build_info", {})}}
+                         "lora": cfg.lora.enabled,
+                         **getattr(model, "distill_build_info", {})}}
+
+
+def lora_dropout(model: Any) -> float | None:
+    """The dropout the LoRA adapters trained with, read from the model (None without LoRA): GKD turns it off
+    whatever the recipe set (TRL's disable_dropout), so the recipe's value alone would misreport the run."""
+    rates = [float(getattr(module, "p", 0.0)) for name, module in model.named_modules()
+             if name.split(".")[-2:-1] == ["lora_dropout"]]  # PEFT: <layer>.lora_dropout.<adapter>
+    return max(rates) if rates else None
 
 
 def checkpoint_progress(checkpoint: str | None) -> dict[str, int]:
