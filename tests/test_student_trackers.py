@@ -240,9 +240,36 @@ def test_a_run_folder_keeps_one_wandb_run_id(tmp_path, wandb_env):
     assert os.environ["WANDB_RUN_ID"] == first == (tmp_path / "student" / "wandb" / "run_id").read_text().strip()
     assert sorted(p.name for p in (tmp_path / "student" / "wandb").iterdir()) == ["run_id"]  # no temporary left
 
+    wandb_defaults(tmp_path / "student", resumes=False)  # a rerun from step 0 (no checkpoint): a new W&B run
+    third = (tmp_path / "student" / "wandb" / "run_id").read_text().strip()
+    assert third not in (first, second) and os.environ["WANDB_RUN_ID"] == third
+
     (tmp_path / "student" / "wandb" / "run_id").write_text("a/b\n")
     with pytest.raises(DistillError, match=r"run_id: not a W&B run id \('a/b'\); delete the file"):
         wandb_defaults(tmp_path / "student")
+
+
+def test_the_wandb_run_resumes_exactly_when_training_does(tmp_path, wandb_env):
+    """training_args tells wandb_defaults whether a complete checkpoint is there to resume: a crash before the first
+    save (or one whose only checkpoint was cut short) restarts at step 0 and gets a new W&B run; a crash after it
+    resumes the checkpoint and the W&B run."""
+    from distill.student.miniature import tiny_student
+    from distill.student.train import training_args
+    from tests.tiny_models import build_tiny_tokenizer
+
+    cfg, tok = tiny_student(report_to="wandb"), build_tiny_tokenizer(tmp_path / "tok")
+    out = tmp_path / "student"
+    training_args(cfg, out, tok)
+    first = os.environ["WANDB_RUN_ID"]
+    cut_short = out / "checkpoints" / "checkpoint-4"
+    cut_short.mkdir(parents=True)
+    (cut_short / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
+    training_args(cfg, out, tok)
+    second = os.environ["WANDB_RUN_ID"]
+    assert second != first
+    (cut_short / "trainer_state.json").write_text('{"global_step": 4}')
+    training_args(cfg, out, tok)
+    assert os.environ["WANDB_RUN_ID"] == second == (out / "wandb" / "run_id").read_text().strip()
 
 
 @pytest.mark.parametrize("users", [{"WANDB_RUN_ID": "mine"}, {"WANDB_RESUME": "never"}])

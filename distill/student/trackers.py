@@ -173,7 +173,7 @@ def tensorboard_callbacks(cfg: StudentConfig, out_dir: Path) -> list[Any]:
 USER_WANDB_DIR = os.environ.get("WANDB_DIR")
 
 
-def wandb_defaults(out_dir: Path) -> None:
+def wandb_defaults(out_dir: Path, resumes: bool = True) -> None:
     """W&B runs land in the run folder (``RUN/student/wandb``, next to the TensorBoard logs) under the project
     ``r1-distill``, unless WANDB_DIR / WANDB_PROJECT say otherwise. Why: wandb's own defaults are the current
     directory and a project called "huggingface", which scatters runs of different students.
@@ -182,7 +182,9 @@ def wandb_defaults(out_dir: Path) -> None:
     and W&B is told to resume it (WANDB_RUN_ID, WANDB_RESUME=allow), unless WANDB_RUN_ID or WANDB_RESUME are the
     user's own (DISTILL_WANDB_RUN_ID records the id set here). Why: a rerun after a crash resumes training from its
     checkpoint, but W&B started a new run, so one training's curves were split into two runs. ``--force`` wipes
-    the folder, and with it the id: a new training, a new W&B run.
+    the folder, and with it the id: a new training, a new W&B run. So does a rerun with no checkpoint to resume
+    (``resumes`` False: the crash came before the first save): training starts again at step 0, and resuming the
+    old W&B run drew its first steps twice, the crashed attempt's and the new one's, in one curve.
 
     The student and the unfiltered ablation each get their own folder, so their own id. When both train in one
     process, the previous training's W&B run is finished and wandb's session reset here: transformers leaves its
@@ -202,7 +204,7 @@ def wandb_defaults(out_dir: Path) -> None:
     if users_own or not distributed.is_main_process():  # only the main process logs to W&B
         return
     path = folder / "run_id"
-    if not path.exists():
+    if not path.exists() or not resumes:
         tmp = folder / f".run_id.{os.getpid()}.tmp"
         tmp.write_text("".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)) + "\n")
         os.replace(tmp, path)

@@ -139,7 +139,7 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
     config_cls = config_cls or SFTConfig
     report_to = [r for r in s["report_to"] if r != "tensorboard"]  # tensorboard: own callback, own folder
     if "wandb" in report_to:
-        wandb_defaults(Path(out_dir))
+        wandb_defaults(Path(out_dir), resumes=has_complete_checkpoint(Path(out_dir)))
     kwargs = dict(
         output_dir=str(Path(out_dir) / "checkpoints"), learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, lr_scheduler_kwargs=dict(t.lr_scheduler_kwargs),
@@ -349,6 +349,13 @@ def cannot_resume(checkpoint: str, why: str) -> DistillError:
 
 def processes(n: int, kind: str = "") -> str:
     return f"{n} {kind}process{'es' if n != 1 else ''}"
+
+
+def has_complete_checkpoint(out_dir: Path) -> bool:
+    """Whether training in ``out_dir`` will resume (a complete checkpoint exists) rather than start at step 0; it
+    reads only, where :func:`last_checkpoint` also removes the incomplete ones."""
+    return any(p.is_dir() and p.name.split("-")[1].isdigit() and _unfinished_because(p) is None
+               for p in (Path(out_dir) / "checkpoints").glob("checkpoint-*"))
 
 
 def _unfinished_because(folder: Path) -> str | None:
