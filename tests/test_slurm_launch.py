@@ -105,3 +105,63 @@ def test_sbatch_script_trains_over_two_nodes(tmp_path, layout):
             assert sorted(p.name for p in (checkpoint / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert (run / "student" / "model" / "model.safetensors").exists()
     assert (tmp_path / "logs").is_dir()  # where the #SBATCH --output lines point
+
+
+ACCELERATE_STUB = """#!/bin/bash
+# accelerate stand-in: keep each node's command line (NUL-separated), start nothing
+printf '%s\\0' "$@" > "$ARGS_DIR/node-$SLURM_NODEID"
+"""
+
+
+def _rendezvous_of(argv: list[str]):
+    """torchrun's LaunchConfig for an ``accelerate launch`` command line, derived as accelerate 1.15 derives it for a
+    multi-GPU/FSDP or DeepSpeed launch (its parser, its config-file defaults, prepare_multi_gpu_env or
+    prepare_deepspeed_cmd_env, whose "standard" multi-node launcher is torchrun, and its filter to torchrun's
+    arguments)."""
+    import torch.distributed.run as torchrun
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import _filter_args, prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    if args.use_deepspeed:
+        assert defaults.deepspeed_config["deepspeed_multinode_launcher"] == "standard"  # torchrun on every node
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        prepare_deepspeed_cmd_env(args)
+    else:
+        prepare_multi_gpu_env(args)
+    args = _filter_args(args, torchrun.get_args_parser(), ["--training_script", args.training_script,
+                                                           "--training_script_args", args.training_script_args])
+    return torchrun.config_from_args(args)[0]
+
+
+@pytest.mark.parametrize("layout", ["zero3", "fsdp2"])
+def test_every_node_meets_at_the_first_nodes_address(tmp_path, monkeypatch, layout):
+    """Each node's torchrun agent must rendezvous at MASTER_ADDR:MASTER_PORT (the first node of the job).
+
+    Why: with ``--same_network`` accelerate hands torchrun MASTER_ADDR/MASTER_PORT, which torch's c10d
+    rendezvous ignores ("master_addr is only used for static rdzv_backend"), and no rendezvous endpoint: every node
+    then met at its own localhost:29400, so on a real cluster each node waited for the others alone until the
+    rendezvous timed out. On one machine (the two-"node" test above) the nodes still met on loopback, so only the
+    endpoint itself shows it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # torchrun would set it here
+    port = str(free_port())  # accelerate checks that the first node's port is free
+    bin_dir, args_dir = tmp_path / "bin", tmp_path / "args"
+    bin_dir.mkdir()
+    args_dir.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", "#!/bin/bash\necho gpu-node-017\n"),
+                       ("accelerate", ACCELERATE_STUB)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
+    env = worker_env(PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable,
+                     ACCELERATE=str(bin_dir / "accelerate"), ARGS_DIR=str(args_dir), SLURM_SUBMIT_DIR=str(ROOT), SLURM_NNODES="2", SLURM_GPUS_ON_NODE="8",
+                     SLURM_JOB_NODELIST="gpu-node-[017-018]", MASTER_PORT=port)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_train.sbatch"), "tiny", str(tmp_path / "run"),
+                           f"configs/accelerate/{layout}.yaml"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    for node in (0, 1):
+        argv = (args_dir / f"node-{node}").read_bytes().decode().split("\0")[:-1]
+        assert argv[0] == "launch"
+        config = _rendezvous_of(argv[1:])
+        assert (config.rdzv_backend, config.rdzv_endpoint) == ("c10d", f"gpu-node-017:{port}")
+        assert (config.min_nodes, config.max_nodes, config.nproc_per_node) == (2, 2, 8)  # 16 processes in all

@@ -9,6 +9,7 @@ against the peak memory measured on an H200, and the GKD loss against torch's me
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -196,6 +197,43 @@ def test_each_shipped_accelerate_config_is_planned_as_the_layout_it_launches(con
     assert layout_of(student) == (layout, gpus)
 
 
+@pytest.mark.parametrize("config", ["zero2", "zero3", "zero3_offload"])
+def test_deepspeed_states_are_where_the_shipped_configs_put_them(config, monkeypatch):
+    """The ZeRO parts of a plan as DeepSpeed lays them out under the config accelerate builds from our YAMLs.
+
+    Why: accelerate writes no reduce_bucket_size into that config, so transformers' "auto" (hidden^2, what the plan
+    used to count: 4.5 MiB for the 1.5B) never applies and DeepSpeed allocates its default 5e8-element bf16 bucket on
+    the GPU (~0.93 GiB). And under zero3_offload.yaml DeepSpeed's stage 3 keeps the gradient partitions on the
+    offload device (``DeepSpeedZeroOptimizer_Stage3.device`` is the CPU, where ``grad_partitions_flat_buffer`` lives),
+    beside the fp32 gradients DeepSpeedCPUAdam steps: the plan counted 2 bytes per parameter of gradients on each GPU
+    (7.6 GiB for Sky-T1's one-node 32B) and 2 too few in host memory."""
+    deepspeed_zero = pytest.importorskip("deepspeed.runtime.zero.config")
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin
+
+    yaml_config = load_config_from_file(f"configs/accelerate/{config}.yaml").deepspeed_config
+    for key in list(os.environ):
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.delenv(key)
+    plugin = DeepSpeedPlugin(zero_stage=yaml_config["zero_stage"],
+                             offload_optimizer_device=yaml_config["offload_optimizer_device"],
+                             offload_param_device=yaml_config["offload_param_device"])
+    assert "reduce_bucket_size" not in plugin.deepspeed_config["zero_optimization"]
+    bucket = deepspeed_zero.DeepSpeedZeroConfig().reduce_bucket_size
+    assert memory.ZERO_REDUCE_BUCKET_BYTES == 2 * bucket  # bf16
+
+    student = StudentConfig(base="x", train=dict(bf16=True, parallel=dict(
+        accelerate_config=f"configs/accelerate/{config}.yaml", gpus_per_node=8)))
+    layout, n = layout_of(student)
+    plan = plan_memory(student, Qwen2Config(**QWEN25_1_5B), layout=layout, processes=n)
+    P = plan.params
+    if config == "zero3_offload":
+        assert plan.parts["gradients"] == 2 * bucket and "optimizer (AdamW)" not in plan.parts
+        assert plan.host_per_node == (4 + 8 + 4 + 2) * P // n * 8
+    else:
+        assert plan.parts["gradients"] == 2 * P // n + 2 * bucket and plan.host_per_node == 0
+
+
 def test_layouts_that_cannot_fit_are_caught():
     _, one_node_70b = _plan("r1-distill-llama-70b", ["train.parallel.nodes=1"])
     assert one_node_70b.states > 79 * GiB  # 1.1 TB of states over 8 GPUs
@@ -207,7 +245,7 @@ def test_layouts_that_cannot_fit_are_caught():
                                                  "train.parallel.sequence_parallel_size=1", "train.parallel."
                                                  "accelerate_config=configs/accelerate/zero3_offload.yaml"])
     assert offloaded.layout == "ZeRO-3 offload" and "optimizer (AdamW)" not in offloaded.parts
-    assert offloaded.host_per_node == 16 * offloaded.params // 8 * 8  # fp32 masters, gradients, moments
+    assert offloaded.host_per_node == 18 * offloaded.params // 8 * 8  # fp32 masters, moments, gradients; bf16 grads
     _, unchecked = _plan("r1-distill-qwen-1.5b", ["train.gradient_checkpointing=false"])
     assert unchecked.states < 10 * GiB and not unchecked.fits(79 * GiB)  # 2 x 32k tokens of activations
     _, gkd_4x32k = _plan("r1-distill-qwen-1.5b-gkd", ["train.per_device_train_batch_size=4"])  # full logits
@@ -300,7 +338,7 @@ def test_the_launch_plans_the_layout_accelerate_set_up(monkeypatch):
     student = load_entry("student", "r1-distill-qwen-32b")
     plan, warning = memory.preflight(student, base_config(student), gpu_bytes=79 * GiB)
     assert (plan.layout, plan.processes, warning) == ("ZeRO-3 offload", 8, None)
-    assert plan.host_per_node == 16 * plan.params // 8 * student.train.parallel.gpus_per_node
+    assert plan.host_per_node == 18 * plan.params // 8 * student.train.parallel.gpus_per_node
 
 
 @pytest.mark.parametrize("beta,dtype", [(0.5, torch.float32), (0.5, torch.bfloat16), (0.0, torch.float32),

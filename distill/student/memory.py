@@ -8,8 +8,8 @@ arithmetic is cheap and mostly exact, so it is done up front, per GPU:
 - **states**: weights, gradients and AdamW moments, as each launcher lays them out: one process or DDP keep
   everything (float32 master weights, model.weights_dtype; DDP adds its gradient buckets), ZeRO-2 shards the
   optimizer and gradients, ZeRO-3 and FSDP2 also the weights (ZeRO paper's 2 + 2 + 12 bytes per parameter, over
-  the processes), ZeRO-3 offload moves the float32 part to host memory, LoRA freezes a bf16 base, QLoRA an NF4
-  one. Exact up to allocator slack.
+  the processes; DeepSpeed adds its reduce bucket), ZeRO-3 offload moves the float32 part and the gradient
+  partitions to host memory, LoRA freezes a bf16 base, QLoRA an NF4 one. Exact up to allocator slack.
 - **activations**: what autograd keeps for the backward pass, per layer and token, counted from the tensors the
   transformers Qwen2/Llama layers save (tests/test_student_memory.py counts them with saved-tensor hooks on real
   layers, in float32, bf16 autocast over float32 weights, and bf16), times the layers and the tokens each GPU
@@ -51,6 +51,11 @@ from .flops import Shape
 GiB = 1024 ** 3
 HEADROOM = 0.9  # a plan "fits" up to 90% of the GPU: the CUDA context, NCCL and fragmentation take the rest
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4 bits + double-quantised absmax (8 bits per 64, fp32 per 256 blocks)
+# DeepSpeed's gradient reduce bucket, bf16, on the GPU (ZeRO-2 and ZeRO-3, offloaded or not): accelerate builds the
+# DeepSpeed config from the YAML without a reduce_bucket_size, so transformers' "auto" (hidden^2) never applies and
+# DeepSpeed's default of 5e8 elements does (DeepSpeedZeroConfig.reduce_bucket_size; ~0.93 GiB, one buffer: stage 2
+# has no overlap_comm by default, stage 3 one bucket per dtype)
+ZERO_REDUCE_BUCKET_BYTES = 2 * 500_000_000
 Layout = Literal["one GPU", "DDP", "ZeRO-2", "ZeRO-3", "ZeRO-3 offload", "FSDP2"]
 SHARDED = ("ZeRO-3", "ZeRO-3 offload", "FSDP2")  # layouts that shard the weights too
 Precision = Literal["float32", "autocast", "bfloat16"]
@@ -286,16 +291,18 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
             parts["DDP gradient buckets"] = master * P  # gradient_as_bucket_view off: a copy of every gradient
     elif layout == "ZeRO-2":  # ZeRO paper: bf16 weights whole, bf16 gradients and 12 B of fp32 states sharded
         parts["weights"] = 2 * P + 4 * P // n
-        parts["gradients"] = 2 * P // n + 2 * shape.hidden ** 2  # + the reduce bucket (hidden^2, transformers' auto)
-        parts["optimizer (AdamW)"] = 8 * P // n
-    elif layout == "ZeRO-3 offload":  # bf16 weight and gradient shards on the GPU; fp32 masters, fp32 gradients
-        parts["weights"] = 2 * P // n  # and AdamW moments in host memory, stepped there by DeepSpeedCPUAdam
         parts["gradients"] = 2 * P // n
-        plan.host_per_node = (4 + 4 + 8) * P // n * t.parallel.gpus_per_node
+        parts["optimizer (AdamW)"] = 8 * P // n
+    elif layout == "ZeRO-3 offload":  # bf16 weight shards on the GPU; in host memory (DeepSpeed's stage 3 puts its
+        parts["weights"] = 2 * P // n  # gradient partitions on the offload device): fp32 masters, AdamW moments and
+        parts["gradients"] = 0  # fp32 gradients, stepped by DeepSpeedCPUAdam, and the bf16 gradient partitions
+        plan.host_per_node = (4 + 8 + 4 + 2) * P // n * t.parallel.gpus_per_node
     else:  # ZeRO-3, FSDP2: everything sharded
         parts["weights"] = 4 * P // n + (2 * P // n if layout == "ZeRO-3" else 0)
         parts["gradients"] = (2 if layout == "ZeRO-3" else 4) * P // n
         parts["optimizer (AdamW)"] = 8 * P // n
+    if layout.startswith("ZeRO"):
+        parts["gradients"] += ZERO_REDUCE_BUCKET_BYTES
     if layout in SHARDED:  # two layers gathered in bf16 at a time (current + prefetched)
         gathered = 2 * counts.layer_params * 2 * 2  # weights and their gradients, two layers
         if layout == "FSDP2":  # the root unit (embeddings, final norm, head) stays gathered through the step
