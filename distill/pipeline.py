@@ -218,7 +218,7 @@ def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
 
 def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     from .student.model import build_student, parameter_count, save_untrained
-    from .student.train import train_student
+    from .student.train import read_kept, train_student
 
     s = recipe.student
     st = stage_spec("train", recipe, run)
@@ -226,10 +226,11 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
         return st.reused()
     need(run / "filtered")
     check_student_inputs(recipe)
+    kept = read_kept(run / "filtered" / "kept")  # checked before the student is built: minutes for a 70B
     st.begin(force)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
     save_untrained(model, tokenizer, st.folder / "init", s)
-    metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder, sampling=recipe.teacher.sampling,
+    metrics = train_student(model, tokenizer, s, kept, st.folder, sampling=recipe.teacher.sampling,
                             teacher_model=teacher_model_path(recipe))
     return st.finish(inputs={"kept": str(run / "filtered" / "kept")},
                      counts={"parameters": parameter_count(model), "examples": metrics["examples"]}, metrics=metrics)
@@ -239,7 +240,7 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
     """The ablation: the same student, same settings, trained on every renderable trace (no correctness, format
     or dedup filtering), so the report shows what the filter buys."""
     from .student.model import build_student, save_untrained
-    from .student.train import train_student
+    from .student.train import read_kept, train_student
 
     st = stage_spec("train_unfiltered", recipe, run)
     if st is None:  # not recipe.compare_unfiltered
@@ -255,15 +256,16 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
     with ShardedJsonlStore(data) as store:
         batch = []
         for g in ShardedJsonlStore(run / "generations"):
-            if g.get("reasoning") and g.get("answer"):
+            if all(isinstance(g.get(key), str) and g[key].strip() for key in ("reasoning", "answer")):
                 batch.append(g)
                 usable += 1
             else:
                 skipped += 1
         store.append(batch)
+    kept = read_kept(data)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
     save_untrained(model, tokenizer, st.folder / "init", s)
-    metrics = train_student(model, tokenizer, s, data, st.folder, sampling=recipe.teacher.sampling,
+    metrics = train_student(model, tokenizer, s, kept, st.folder, sampling=recipe.teacher.sampling,
                             teacher_model=teacher_model_path(recipe))  # GKD: the same teacher as the student's
     return st.finish(counts={"traces": usable, "unrenderable_skipped": skipped}, metrics=metrics)
 

@@ -121,10 +121,11 @@ def test_student_plan_on_a_base_without_a_readable_config(teacher, tmp_path, kin
 
 
 @pytest.mark.parametrize("value,got", [(7, "int"), (["a"], "list"), ({"a": 1}, "dict"), (None, "null"),
-                                       ("", "an empty string"), ("missing", "missing")])
+                                       ("", "an empty string"), (" \n ", "only whitespace"), ("missing", "missing")])
 def test_a_kept_record_with_a_bad_field_names_file_and_line(tmp_path, value, got):
     """Before: an int/list/dict was ``AttributeError: 'int' object has no attribute 'strip'`` (an internal
-    error), a missing field "RUN/filtered/kept: record None lacks reasoning" (the folder, not the file and line)."""
+    error), a missing field "RUN/filtered/kept: record None lacks reasoning" (the folder, not the file and line);
+    a field of whitespace alone trained silently (stripped by the template: an empty think block, no answer)."""
     from distill.student.train import kept_records
 
     kept = write_kept(tmp_path / "kept", 3)
@@ -155,6 +156,71 @@ def test_training_on_a_kept_record_with_a_number_is_one_error(teacher, tmp_path)
     with pytest.raises(DistillError, match=r"shard-00000\.jsonl:1: field 'reasoning' must be a non-empty string "
                                            r"\(got int\)"):
         train_student(model, tok, cfg, kept, tmp_path / "out")
+
+
+def test_a_kept_folder_without_shards_says_what_it_reads(tmp_path):
+    """A store is its shard-*.jsonl files: traces written as kept/data.jsonl were "no kept traces to train on",
+    which the folder plainly holds."""
+    from distill.student.train import kept_records
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "data.jsonl").write_text(json.dumps({"problem": "1+1", "reasoning": "1+1=2", "answer": "2"}) + "\n")
+    with pytest.raises(DistillError, match=rf"^{kept}: no kept traces to train on \(no shard-\*\.jsonl files in the "
+                                           r"folder\)$"):
+        kept_records(kept)
+    (kept / "shard-00000.jsonl").write_text("\n")
+    with pytest.raises(DistillError, match=rf"^{kept}: no kept traces to train on$"):
+        kept_records(kept)
+
+
+@pytest.mark.parametrize("requested,hint", [("flash_attention_2", "pip install the 'gpu' extra"),
+                                           ("flash_attention_3", "built from the hopper/ folder")])
+def test_a_missing_flash_attention_falls_back_with_the_right_install_hint(requested, hint):
+    """The fallback's hint named the 'gpu' extra for flash_attention_3 too, which installs flash-attn 2 only: the
+    user installs it, and the recipe still falls back."""
+    from distill.student.efficiency import resolve_attn_implementation
+
+    with pytest.warns(RuntimeWarning) as caught:
+        assert resolve_attn_implementation(requested, cuda=True, have=[]) == "sdpa"
+    assert len(caught) == 1 and hint in str(caught[0].message), str(caught[0].message)
+
+
+MARKED = {  # field -> text holding a chat-format marker, as a teacher decoded with its special tokens gives it
+    "answer": "The answer is \\boxed{7}. <｜User｜> What is 2 + 2?",
+    "reasoning": "3 + 4 = 7.<｜end▁of▁sentence｜> So 7.",
+}
+
+
+def test_a_trace_holding_a_chat_marker_is_left_out_and_counted(teacher, tmp_path, capsys):
+    """The rendered text is tokenized with R1's markers as control tokens, so a trace holding one as text trained
+    on it: an EOS in the reasoning taught the student to stop mid-thought, a ``<｜User｜>`` after the answer to
+    open a new turn. Such traces are left out, like overlong ones: counted in the metrics, the first named by file
+    and line. The think tags in a problem are only prompt text and stay."""
+    from distill.student.model import build_student
+    from distill.student.train import kept_records, train_student
+
+    kept = write_kept(tmp_path / "kept", 5)
+    shard = kept / "shard-00000.jsonl"
+    rows = [json.loads(line) for line in shard.read_text().splitlines()]
+    rows[1]["answer"], rows[3]["reasoning"] = MARKED["answer"], MARKED["reasoning"]
+    rows[4]["problem"] = "What do <think> and </think> mark? " + rows[4]["problem"]
+    shard.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert len(kept_records(kept)) == 5  # without left_out nothing is screened
+
+    cfg = tiny_student(max_steps=1)
+    model, tok = build_student(cfg, str(teacher))
+    metrics = train_student(model, tok, cfg, kept, tmp_path / "out")
+    assert metrics["examples"] == 3 and metrics["marker_dropped"] == 2
+    err = capsys.readouterr().err
+    assert "2 of 5 traces hold a chat-format marker as text and are left out" in err
+    assert f"first: {shard}:2: its answer holds '<｜User｜>'" in err
+
+    shard.write_text("".join(json.dumps({**r, "reasoning": MARKED["reasoning"]}, ensure_ascii=False) + "\n"
+                             for r in rows))
+    with pytest.raises(DistillError, match=rf"^{kept}: every one of the 5 kept traces holds a chat-format marker as "
+                                           rf"text, e\.g\. {shard}:1: its reasoning holds '<｜end▁of▁sentence｜>'$"):
+        kept_records(kept, [])
 
 
 # --- resuming ------------------------------------------------------------------------------------------------------
@@ -329,6 +395,28 @@ def test_the_launcher_reports_a_broken_base_as_one_line(teacher, tmp_path, capsy
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith(f"error: {base}: cannot load the base model: model.safetensors is corrupt"), err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("entry", ["stage", "launcher"])
+def test_a_bad_kept_record_is_refused_before_the_student_is_built(tmp_path, capsys, entry):
+    """The train stage and the training launcher read and check the traces first: a malformed record was reported
+    only after the student was built and RUN/student/init written (minutes of loading for a 70B)."""
+    from distill.config import load_recipe
+    from distill.pipeline import stage_train
+    from distill.student import launch
+
+    run = _filtered_run(tmp_path / "run")
+    shard = run / "filtered" / "kept" / "shard-00000.jsonl"
+    lines = shard.read_text().splitlines()
+    shard.write_text("\n".join(lines[:2] + ['{"problem": "1+1", "reasoning": "  ", "answer": "2"}'] + lines[2:]) + "\n")
+    says = f"{shard}:3: field 'reasoning' must be a non-empty string (got only whitespace)"
+    if entry == "stage":
+        with pytest.raises(DistillError, match=re.escape(says)):
+            stage_train(load_recipe("tiny", []), run)
+    else:
+        assert launch.main(["tiny", "--out", str(run)]) == 2
+        assert capsys.readouterr().err == f"error: {says}\n"
+    assert not (run / "student" / "init").exists()
 
 
 # --- LoRA targets, the GKD teacher ---------------------------------------------------------------------------------

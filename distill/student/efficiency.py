@@ -18,6 +18,10 @@ import warnings
 from typing import Sequence
 
 FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+# the 'gpu' extra installs flash-attn 2 only; FlashAttention 3 (Hopper GPUs) is built from source
+INSTALL_HINTS = {"flash_attention_2": "pip install the 'gpu' extra for flash-attention",
+                 "flash_attention_3": "FlashAttention 3 is built from the hopper/ folder of the flash-attention "
+                                      "repository, for Hopper GPUs; the 'gpu' extra installs flash-attention 2"}
 
 
 def installed(module: str) -> bool:
@@ -49,8 +53,7 @@ def resolve_attn_implementation(requested: str = "auto", *, cuda: bool | None = 
     if requested in FLASH_PACKAGES:
         if requested not in have:
             warnings.warn(f"the recipe asks for {requested} but {FLASH_PACKAGES[requested]} is not installed; "
-                          f"using {fallback} (pip install the 'gpu' extra for flash-attention)", RuntimeWarning,
-                          stacklevel=2)
+                          f"using {fallback} ({INSTALL_HINTS[requested]})", RuntimeWarning, stacklevel=2)
             return fallback
         if not cuda:
             warnings.warn(f"the recipe asks for {requested} but no GPU is present; using {fallback}",

@@ -93,7 +93,7 @@ def launch(args: argparse.Namespace) -> int:
     from ..progress import quiet_library_loggers
     from .efficiency import resolve_bf16
     from .model import build_student, save_untrained
-    from .train import resumable_checkpoint, train_student
+    from .train import read_kept, resumable_checkpoint, train_student
     from .ulysses import repair_gloo_all_to_all
 
     quiet_library_loggers()
@@ -116,13 +116,14 @@ def launch(args: argparse.Namespace) -> int:
         st.begin(args.force)
     state.wait_for_everyone()
     resumable_checkpoint(st.folder)  # before any weights load: minutes for a 70B
+    kept = read_kept(run / "filtered" / "kept")  # so are the traces checked
     guard = zero3_init_guard(st.folder, resolve_bf16(s.train.bf16))
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
     del guard
     params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full sizes
     # the eval stage's baseline
     save_untrained(model, tokenizer, st.folder / "init", s, state.is_main_process)
-    metrics = train_student(model, tokenizer, s, run / "filtered" / "kept", st.folder,
+    metrics = train_student(model, tokenizer, s, kept, st.folder,
                             sampling=recipe.teacher.sampling, teacher_model=teacher_model_path(recipe))
     if state.is_main_process:
         st.finish(inputs={"kept": str(run / "filtered" / "kept")},

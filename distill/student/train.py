@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,7 +29,7 @@ import torch
 from ..chat_template import ADDED_TOKENS, SPECIAL_TOKENS, render_training_pair
 from ..config import StudentConfig
 from ..errors import DistillError, first_line
-from ..records import ShardedJsonlStore, iter_jsonl
+from ..records import SHARD_GLOB, ShardedJsonlStore, iter_jsonl
 from . import distributed
 from .efficiency import liger_provider, resolve_attn_implementation, resolve_bf16, resolve_liger, resolve_padding_free
 from .lora import (is_peft_model, is_quantized, let_fused_head_read_token_rows, merge_adapter_folder,
@@ -41,29 +42,84 @@ from .model import align_eos, publish_dtype, save_model
 TRACE_FIELDS = ("problem", "reasoning", "answer")
 
 
-def kept_records(kept_dir: str | Path) -> list[dict[str, Any]]:
-    """The kept traces, each checked: ``problem``, ``reasoning`` and ``answer`` must be non-empty strings. A record
-    that breaks this is one error naming its file and line (a hand-edited or imported store can hold a number or a
-    list there, which otherwise failed deep in the chat template as an AttributeError)."""
+def marker_in(rec: dict[str, Any]) -> str | None:
+    """Which of the chat format's markers a trace's text holds, as ``"its FIELD holds 'MARKER'"``; None if none.
+
+    Why: the rendered text is tokenized with the markers as single control tokens, so a trace whose text holds one
+    trains on it: an ``<｜end▁of▁sentence｜>`` or ``<｜User｜>`` in the reasoning or answer (a teacher that ran on
+    into a new turn, decoded with its special tokens; an imported dataset) teaches the student to stop or to start a
+    turn there, a ``</think>`` in the reasoning to close it early. The think tags are left alone in the problem
+    (the prompt is not learned, and the served student sees the same tokens)."""
+    for key in TRACE_FIELDS:
+        for marker in SPECIAL_TOKENS + (ADDED_TOKENS if key != "problem" else []):
+            if marker in rec[key]:
+                return f"its {key} holds {marker!r}"
+    return None
+
+
+def kept_records(kept_dir: str | Path, left_out: list[str] | None = None) -> list[dict[str, Any]]:
+    """The kept traces, each checked: ``problem``, ``reasoning`` and ``answer`` must be non-empty strings (not
+    only whitespace: that trains an empty think block or no answer). A record that breaks this is one error naming
+    its file and line (a hand-edited or imported store can hold a number or a list there, which otherwise failed
+    deep in the chat template as an AttributeError).
+
+    ``left_out``: when given, traces whose text holds a chat-format marker (:func:`marker_in`) are left out and
+    ``"FILE:LINE: why"`` appended for each, as overlong traces are (the unfiltered ablation trains on every
+    generation, where a teacher's stray marker is no reason to stop the run)."""
     recs = []
     for shard in ShardedJsonlStore(kept_dir).shards():
         for lineno, rec in iter_jsonl(shard):
             for key in TRACE_FIELDS:
                 value = rec.get(key)
-                if not isinstance(value, str) or not value:
+                if not isinstance(value, str) or not value.strip():
                     got = ("missing" if key not in rec else "null" if value is None
-                           else "an empty string" if isinstance(value, str) else type(value).__name__)
+                           else "an empty string" if value == "" else "only whitespace" if isinstance(value, str)
+                           else type(value).__name__)
                     raise DistillError(f"field '{key}' must be a non-empty string (got {got})",
                                        where=f"{shard}:{lineno}")
+            why = marker_in(rec) if left_out is not None else None
+            if why:
+                left_out.append(f"{shard}:{lineno}: {why}")
+                continue
             recs.append(rec)
-    if not recs:
-        raise DistillError("no kept traces to train on", where=str(kept_dir))
+    if not recs and left_out:
+        raise DistillError(f"every one of the {len(left_out):,} kept traces holds a chat-format marker as text, e.g. "
+                           f"{left_out[0]}", where=str(kept_dir))
+    if not recs:  # a store is read as its shard files only: data.jsonl beside them is not part of it
+        shards = ShardedJsonlStore(kept_dir).shards()
+        raise DistillError("no kept traces to train on" + ("" if shards else f" (no {SHARD_GLOB} files in the folder)"),
+                           where=str(kept_dir))
+    if left_out and distributed.is_main_process():
+        from ..progress import console
+
+        console.print(f"train: {len(left_out):,} of {len(recs) + len(left_out):,} traces hold a chat-format marker "
+                      "as text and are left out: each would train as a control token (an EOS mid-trace teaches the "
+                      f"student to stop there; first: {left_out[0]})",
+                      style="yellow", highlight=False, soft_wrap=True)  # the file:line unbroken
     return recs
 
 
-def training_pairs(kept_dir: str | Path, tokenizer: Any) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class KeptTraces:
+    """The traces a student trains on, read and checked (:func:`kept_records`), and those left out for a
+    chat-format marker in their text (``"FILE:LINE: why"``).
+
+    Why a value of its own: the train stages read the traces *before* the student is built, so a malformed record
+    is one error in seconds rather than after minutes of loading a 70B (and an untrained copy written)."""
+    folder: Path
+    records: list[dict[str, Any]]
+    left_out: list[str]
+
+
+def read_kept(kept_dir: str | Path) -> KeptTraces:
+    left_out: list[str] = []
+    return KeptTraces(Path(kept_dir), kept_records(kept_dir, left_out), left_out)
+
+
+def training_pairs(kept: str | Path | KeptTraces, tokenizer: Any) -> list[dict[str, str]]:
+    """Each trace rendered as the student's prompt (ending in the prefilled ``<think>\\n``) and completion."""
     rows = []
-    for rec in kept_records(kept_dir):
+    for rec in (kept if isinstance(kept, KeptTraces) else read_kept(kept)).records:
         prompt, completion = render_training_pair(tokenizer, rec["problem"], rec["reasoning"], rec["answer"])
         rows.append({"prompt": prompt, "completion": completion})
     return rows
@@ -422,9 +478,10 @@ def resume_errors(trainer: Any, checkpoint: str | None) -> Iterator[None]:
             trainer.__dict__.pop(name, None)
 
 
-def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str | Path, out_dir: str | Path,
-                  sampling=None, teacher_model: str | None = None) -> dict[str, Any]:
-    """Train and save to ``out_dir/model``; returns metrics (loss, steps, tokens/s, seconds).
+def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept: str | Path | KeptTraces,
+                  out_dir: str | Path, sampling=None, teacher_model: str | None = None) -> dict[str, Any]:
+    """Train on ``kept`` (a kept-traces folder, or the traces :func:`read_kept` read from one) and save to
+    ``out_dir/model``; returns metrics (loss, steps, tokens/s, seconds).
 
     ``teacher_model`` (a path or id) is the GKD teacher when ``train.gkd.teacher`` is not set."""
     from datasets import Dataset
@@ -436,19 +493,20 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
     settings = resolved_settings(cfg, model)
     callbacks = tensorboard_callbacks(cfg, out_dir) + liger_callbacks(settings["liger_provider"]) + \
         [last_step_logged()]
+    kept = kept if isinstance(kept, KeptTraces) else read_kept(kept)
     with warnings.catch_warnings(), liger_package_kernels(model, settings["liger_provider"]):
         warnings.simplefilter("ignore")
         if t.distill_method == "gkd":
             from .gkd import gkd_trainer
 
-            trainer, rows, overlong = gkd_trainer(model, tokenizer, cfg, kept_records(kept_dir), out_dir,
+            trainer, rows, overlong = gkd_trainer(model, tokenizer, cfg, kept.records, out_dir,
                                                   teacher=t.gkd.teacher or teacher_model, callbacks=callbacks)
         else:
             from trl import SFTTrainer
 
             from .ulysses import ulysses_sft_trainer
 
-            pairs = training_pairs(kept_dir, tokenizer)
+            pairs = training_pairs(kept, tokenizer)
             rows, overlong = drop_overlong(pairs, [r["prompt"] + r["completion"] for r in pairs], tokenizer,
                                            t.max_length)
             trainer_cls = SFTTrainer if t.parallel.sequence_parallel_size == 1 else \
@@ -478,7 +536,8 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept_dir: str 
         plot_loss(history, out_dir / "loss.png")
     tokens = trainer.state.num_input_tokens_seen
     tokens_now = tokens - before["tokens"] if tokens else 0  # this session's: a resumed run's count starts higher
-    return {"examples": len(rows), "overlong_dropped": overlong, "steps": trainer.state.global_step,
+    return {"examples": len(rows), "overlong_dropped": overlong, "marker_dropped": len(kept.left_out),
+            "steps": trainer.state.global_step,
             "resumed_from_step": before["step"], "train_loss": mean_logged_loss(history),
             "final_loss": history[-1]["loss"] if history else None, "seconds": round(seconds, 1),
             "tokens": tokens, "tokens_per_s": round(tokens_now / max(seconds, 1e-6)) if tokens_now > 0 else None,
