@@ -38,6 +38,8 @@ def record(reasoning: str, answer: str, *, gold: str | None = "8", pid: str = "p
     ("\n</think>\n\nThe answer is \\boxed{8}.", "empty_think"),
     ("7 + 1 = 8.\n</think>\n\n", "no_answer_after_think"),
     ("a</think>b<think>c</think>\\boxed{8}", "multiple_think_blocks"),
+    (GOOD + "<｜end▁of▁sentence｜><｜User｜>And 9 + 1?", "chat_marker_in_text"),
+    ("7 + 1 = 8.<｜end▁of▁sentence｜>\n</think>\n\n\\boxed{8}", "chat_marker_in_text"),
 ])
 def test_format_check(completion, reason):
     assert check_format(gen(completion)) == reason

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..chat_template import THINK_CLOSE, THINK_OPEN
+from ..chat_template import SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN
 
 Check = Callable[[dict[str, Any]], "str | None"]
 
@@ -21,7 +21,10 @@ def check_format(gen: dict[str, Any]) -> str | None:
     """The think block is present, closed and non-empty, and an answer follows it.
 
     ``completion`` already carries the ``<think>\\n`` prefill (put back by the backend), so a response that skipped
-    thinking shows up as an empty block, not as a missing one.
+    thinking shows up as an empty block, not as a missing one. A completion that holds one of the chat format's
+    markers as text (a teacher decoded with its special tokens that ran on past its EOS into a new turn) is
+    ``chat_marker_in_text``: the student's template would tokenize it as the control token and teach the student
+    to stop, or to open a turn, mid-trace.
     """
     text = gen.get("completion") or ""
     if THINK_OPEN not in text:
@@ -30,6 +33,8 @@ def check_format(gen: dict[str, Any]) -> str | None:
         return "think_not_closed"
     if text.count(THINK_OPEN) > 1 or text.count(THINK_CLOSE) > 1:
         return "multiple_think_blocks"
+    if any(marker in text for marker in SPECIAL_TOKENS):
+        return "chat_marker_in_text"
     if not (gen.get("reasoning") or "").strip():
         return "empty_think"
     if not (gen.get("answer") or "").strip():
