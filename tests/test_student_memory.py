@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from distill.catalog import list_entries
 from distill.config import LoraSettings, StudentConfig, load_entry, parse_override
 from distill.errors import DistillError
@@ -171,6 +171,20 @@ RECIPES = [name for name in list_entries("students") if name.startswith("r1-dist
 def test_every_shipped_recipe_fits_the_gpus_it_states(ref):
     student, plan = _plan(ref)
     assert plan.fits(student.train.parallel.gpu_memory_gib * GiB), plan.table()
+
+
+def test_the_students_readme_table_is_what_the_planner_says():
+    """students/README.md tabulates every recipe's plan; a planner change that moves a total must move the table
+    (the 70B's row went stale by 3.2 GiB when the float32 reduce-scatter was counted)."""
+    import re
+
+    rows = dict(re.findall(r"^\| `(r1-distill-[\w.-]+)` \|[^|]*\|[^|]*\| ([\d.]+) GiB", (ROOT / "students" / "README.md")
+                           .read_text(encoding="utf-8"), re.M))
+    assert sorted(rows) == sorted(RECIPES)
+    for ref in RECIPES:
+        student, plan = _plan(ref)
+        assert f"{plan.total / GiB:.1f}" == rows[ref], (ref, plan.table())
+        assert (ROOT / "students" / "README.md").read_text(encoding="utf-8").count(f"`{ref}` |") == 1
 
 
 @pytest.mark.parametrize("ref,overrides,gib", [
@@ -360,6 +374,19 @@ def test_gkd_loss_memory_is_what_the_profiler_measures(beta, dtype):
     assert start == pytest.approx(2 * dtype.itemsize * tokens * vocab, rel=0.01)  # the two inputs
     temporaries = CHUNK_TEMPORARIES.get(beta, MIXTURE_CHUNK_TEMPORARIES)
     assert peak - start == pytest.approx(dtype.itemsize * vocab * (tokens + temporaries * chunk), rel=0.01)
+
+
+def test_fsdp2_in_bf16_counts_the_float32_reduce_scatter_input():
+    """distributed.reduce_gradients_in_float32 makes FSDP2's reduce-scatter run in float32, so each layer's bf16
+    gradients are first cast into a float32 buffer of the whole layer: 4 bytes per layer parameter more in flight
+    (3.2 GiB for the 70B). A float32 run reduces its float32 gradients as they are."""
+    student = load_entry("student", "r1-distill-llama-70b")
+    config = base_config(student)
+    layer = count_model(config).layer_params
+    bf16, fp32 = (plan_memory(student, config, layout="FSDP2", processes=32, precision=precision)
+                  for precision in ("bfloat16", "float32"))
+    assert bf16.parts["gathered layers (bf16)"] - fp32.parts["gathered layers (bf16)"] == 4 * layer
+    assert bf16.fits(79 * GiB), bf16.table()  # the recipe still fits its H100s, within the 90% headroom
 
 
 def test_gkd_teacher_is_counted_whole_or_sharded_as_trl_prepares_it():

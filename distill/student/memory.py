@@ -307,6 +307,8 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
         gathered = 2 * counts.layer_params * 2 * 2  # weights and their gradients, two layers
         if layout == "FSDP2":  # the root unit (embeddings, final norm, head) stays gathered through the step
             gathered += 2 * (P - counts.layer_params * shape.layers)
+            if precision != "float32":  # one layer's gradients cast to float32 for the reduce-scatter's input
+                gathered += 4 * counts.layer_params  # (distributed.reduce_gradients_in_float32)
         parts["gathered layers (bf16)"] = gathered
 
     gkd = t.distill_method == "gkd"
