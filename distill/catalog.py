@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import DistillError
+from .errors import DistillError, first_line
 
 KINDS = ("teachers", "students", "data", "eval", "recipes")
 
@@ -40,6 +40,13 @@ def model_ref(ref: str) -> str:
         return str(p)
     if ref.startswith(LOCAL_PREFIXES) or ref.count("/") > 1:
         raise DistillError("model folder not found", where=ref)
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError as exc:  # "not a valid id!!": no folder, and no Hub id either (not an offline matter)
+        raise DistillError(f"neither a local folder nor a Hugging Face repo id ({first_line(exc, 160).rstrip('.')})",
+                           where=ref) from None
     return ref
 
 

@@ -68,6 +68,12 @@ def make_run_folder(run: Path) -> Path:
 
 
 def teacher_model_path(recipe: ResolvedRecipe) -> str:
+    """The teacher's model as its backend takes it: a local folder or a Hub id for the transformers and vLLM
+    backends (``catalog.model_ref``), the served model's name as it is for an OpenAI-compatible endpoint. Why:
+    served names are neither (Fireworks' ``accounts/fireworks/models/deepseek-r1``, Ollama's ``deepseek-r1:7b``)
+    and were refused as a missing model folder before a request was sent."""
+    if recipe.teacher.backend == "openai":
+        return recipe.teacher.model
     return model_ref(recipe.teacher.model)
 
 

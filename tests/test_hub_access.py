@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import yaml
 
 from distill.manifest import Stage
@@ -87,3 +88,16 @@ def test_an_https_proxy_is_trusted_to_reach_the_hub(monkeypatch):
         assert hub_access.hub_reachable() is True
     finally:
         hub_access.hub_reachable.cache_clear()
+
+
+@pytest.mark.parametrize("ref", ["not a valid id!!", "a--b/c"])
+def test_a_reference_that_is_no_folder_and_no_hub_id_says_so(ref):
+    """Such a reference was taken for a Hub id (the cache lookup rejects it, so it counted as cached) and failed in
+    the loader with an "(offline: ...)" hint that had nothing to do with it."""
+    from distill.errors import DistillError
+    from distill.hub_access import loadable_ref
+
+    with pytest.raises(DistillError) as info:
+        loadable_ref(ref)
+    assert str(info.value).startswith(f"{ref}: neither a local folder nor a Hugging Face repo id (")
+    assert "offline" not in str(info.value)

@@ -216,6 +216,23 @@ def test_cli_server_in_a_subprocess():
         proc.wait(10)
 
 
+@pytest.mark.parametrize("served", ["accounts/fireworks/models/deepseek-r1", "deepseek-r1:7b"])
+def test_a_served_model_name_is_sent_as_it_is(tmp_path, served):
+    """Endpoint model names are neither folders nor Hub ids (Fireworks' have three slashes, Ollama's a colon); the
+    generate stage refused the first as "model folder not found" before sending a request. Through the CLI."""
+    from tests.conftest import run_cli
+
+    with ServerThread(ServerConfig(latency_ms=1)) as srv:
+        proc = run_cli("teacher", "generate", "tiny", "--out", str(tmp_path / "run"), "--set",
+                       "teacher=openai-compatible", "--set", f"teacher.model={served}", "--set",
+                       f"teacher.http.base_url={srv.url}", "--set", "teacher.sampling.n=1", "--set",
+                       "data.train_size=3", timeout=120)
+        answered = srv.server.counts["ok"]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "run" / "generations" / "manifest.json").read_text())
+    assert manifest["counts"]["samples_total"] == answered == 3 and manifest["config"]["model"] == served
+
+
 # --- pieces -----------------------------------------------------------------------------------------------------
 def test_backoff_jitter_and_retry_after():
     import random
