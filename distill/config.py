@@ -218,7 +218,7 @@ class FilterConfig(Strict):
 class LoraSettings(Strict):
     """PEFT LoRA / QLoRA, for users with one GPU: train low-rank adapters on a frozen base instead of all weights.
 
-    ``quantization: nf4`` is QLoRA (the frozen base loaded in bitsandbytes NF4; CUDA only). The adapter is merged
+    ``quantization: nf4`` is QLoRA (the frozen base loaded in bitsandbytes NF4; on a GPU, or slowly on the CPU). The adapter is merged
     into the base when the model is saved (``merge``), so the exported folder is a plain model that vLLM,
     llama.cpp and the quantizers load without PEFT."""
     enabled: bool = False
@@ -226,7 +226,7 @@ class LoraSettings(Strict):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    quantization: Literal["none", "nf4"] = Field("none", description="nf4: QLoRA (bitsandbytes, GPU only)")
+    quantization: Literal["none", "nf4"] = Field("none", description="nf4: QLoRA (bitsandbytes; CPU too, slowly)")
     merge: bool = Field(True, description="merge_and_unload before saving, so the saved model is plain")
 
 
