@@ -51,6 +51,12 @@ def _cpu_varlen_old(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, scale=No
     return _per_doc(q, k, v, cu_q, scale, False)
 
 
+def _cpu_varlen_no_scale(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False):
+    """torch 2.9's spelling: is_causal and no ``scale`` (the model's scaling is folded into the query)."""
+    assert is_causal and q.shape[1] == k.shape[1]
+    return _per_doc(q, k, v, cu_q, None, False)
+
+
 def _per_doc(q, k, v, cu, scale, gqa):
     assert cu.dtype == torch.int32 and int(cu[-1]) == q.shape[0]
     b = cu.tolist()
@@ -59,7 +65,7 @@ def _per_doc(q, k, v, cu, scale, gqa):
         enable_gqa=gqa).transpose(0, 1) for s, e in zip(b[:-1], b[1:])])
 
 
-@pytest.mark.parametrize("kernel", [_cpu_varlen, _cpu_varlen_old])
+@pytest.mark.parametrize("kernel", [_cpu_varlen, _cpu_varlen_old, _cpu_varlen_no_scale])
 def test_kernel_path_equals_per_document_sdpa(monkeypatch, kernel):
     monkeypatch.setattr(attention, "varlen_kernel", lambda: (kernel, attention.causal_kwargs(kernel)))
     q, k, v, cu = _row()

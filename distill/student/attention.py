@@ -96,8 +96,19 @@ def varlen_kernel_attention(query, key, value, cu, max_length: int, scaling: flo
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     dtype = dtype or query.dtype
     q, k, v = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))  # (N, H, D)
-    out = kernel(q, k, v, cu.to(torch.int32), cu.to(torch.int32), max_length, max_length, scale=scaling, **causal)
+    extra = {}
+    if takes_scale(kernel):
+        extra["scale"] = scaling
+    elif scaling is not None:  # torch 2.9's kernel has no scale: fold the model's into the query (default 1/sqrt(D))
+        q = q * (scaling * q.shape[-1] ** 0.5)
+    out = kernel(q, k, v, cu.to(torch.int32), cu.to(torch.int32), max_length, max_length, **extra, **causal)
     return out.unsqueeze(0)
+
+
+@functools.lru_cache(maxsize=None)
+def takes_scale(kernel: Callable[..., Any]) -> bool:
+    """Whether a torch varlen kernel takes ``scale`` (torch 2.9's first release did not: a TypeError every step)."""
+    return "scale" in inspect.signature(kernel).parameters
 
 
 def without_cudnn(device_is_cuda: bool):
