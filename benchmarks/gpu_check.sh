@@ -5,8 +5,9 @@
 # each part under its own time limit so one hang costs only its part:
 #   varlen      packed attention alone (benchmarks/bench_varlen_attention.py): stock masked SDPA, per-trace SDPA
 #               with and without cuDNN, torch's flash varlen kernel, on fresh trace lengths each step.
-#   packing     padding-free packed training of the tiny student through the trainer (packing-noliger,
-#               packing-sdpa: probes that bisect a slowdown there).
+#   packing     padding-free packed training of the tiny student through the trainer, and the same run padded
+#               (packing-padded: the baseline at the same batch and steps); packing-noliger, packing-sdpa: probes
+#               that bisect a slowdown there. Runs before pipeline, the longest part.
 #   mfu         MFU of a Qwen2.5-1.5B-shaped training step at 16k tokens (benchmarks/gpu_mfu.py): plain SDPA,
 #               Liger kernels, cuDNN attention, packed documents through sdpa_varlen (mfu-packed: only that one;
 #               mfu32k: 32k tokens with gradient checkpointing).
@@ -18,6 +19,12 @@
 #   gkd         GKD (on-policy logit distillation) in bf16 on the GPU.
 #
 # Usage (repo root, GPU machine): OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh
+# BUDGET (default 540 s): the whole run's seconds; each part's limit is cut to what is left of it (a part with under
+# 20 s left is skipped), so the run ends by itself, summary printed, inside a 600 s command.
+# Before the GPU call, on the CPU machine: `bash benchmarks/gpu_prepare.sh`. It writes RUN (default .gpu/run: the
+# demo's prompts, generations and filtered stages; without them pipeline and packing are skipped) and .whl/ (the
+# wheels the GPU image lacks, ~50 MB), git-ignored; then run(command="OUT=$OUT bash benchmarks/gpu_check.sh",
+# carry=[".whl", ".gpu"], timeout_s=600).
 # Python packages the machine lacks can come as wheels in .whl/ (installed into /tmp/site, put first on PYTHONPATH).
 # Results: OUT/log (everything), OUT/mfu.jsonl, OUT/report.json, OUT/*manifest.json (metrics and settings; each
 # training manifest also holds the memory plan, settings.planned_gib_per_gpu, beside the peak, gpu_peak_gib).
@@ -27,6 +34,7 @@ RUN=${RUN:-.gpu/run}
 # The default is what no GPU run has confirmed yet (about 8 minutes); "mfu qlora fsdp2 gkd" were measured on
 # 2026-11-28 (README). A subset reruns only those.
 PARTS=${PARTS:-varlen packing mfu-packed pipeline}
+BUDGET=${BUDGET:-540}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log") 2>&1
@@ -36,7 +44,14 @@ want() { [[ " $PARTS " == *" $1 "* ]]; }
 say() { echo; echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
 part() {  # part NAME SECONDS CMD...: run one check under a time limit, keep its tail, record its exit status
     local name=$1 limit=$2; shift 2
-    say "$name: $*"
+    local left=$(( BUDGET - ($(date +%s) - t0) - 15 ))  # 15 s: timeout's -k grace and the summary
+    if (( left < 20 )); then
+        say "$name: skipped, ${left}s left of BUDGET=${BUDGET}s"
+        echo "$name skipped-budget" >> "$OUT/parts.txt"
+        return 0
+    fi
+    (( limit > left )) && limit=$left
+    say "$name (limit ${limit}s): $*"
     timeout -k 10 "$limit" "$@" > "/tmp/part-$name.log" 2>&1
     local rc=$?
     grep -v -E "Warning|warn\(|^\s*$" "/tmp/part-$name.log" | tail -n 25
@@ -68,13 +83,22 @@ for name in ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "
         print(f"{name} -: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
 EOF
 
-# 0. Packed attention alone: the suspected cause of the packed slowdown (2b) is cuDNN planning per trace length
+# 0. Packed attention alone: the suspected cause of the packed slowdown (2) is cuDNN planning per trace length
 want varlen && part varlen 120 $PY benchmarks/bench_varlen_attention.py
 
 # 1. MFU
 variants=()
 want mfu && variants=("" "--liger" "--liger --sdpa-backend cudnn" "--liger --docs 8")
 want mfu-packed && ! want mfu && variants=("--liger --docs 8")  # packed documents only
+if (( ${#variants[@]} )) && ! $PY -c "import liger_kernel.transformers" 2>/dev/null; then
+    echo "liger_kernel does not import (not carried in .whl/?): the MFU variants run without --liger"
+    declare -A seen=(); plain=()
+    for v in "${variants[@]}"; do
+        v=${v/--liger/}; v=${v# }
+        [ -n "${seen[x$v]+1}" ] || { seen[x$v]=1; plain+=("$v"); }
+    done
+    variants=("${plain[@]}")
+fi
 for variant in ${variants[@]+"${variants[@]}"}; do  # (empty-safe under set -u)
     # shellcheck disable=SC2086
     part "mfu${variant// /}" 150 $PY benchmarks/gpu_mfu.py $variant
@@ -87,32 +111,41 @@ if want mfu32k; then
     grep '^{' /tmp/part-mfu32k.log >> "$OUT/mfu.jsonl"
 fi
 
-# 2. The demo pipeline, continued on the GPU (its prompts, generations and filter came with the tree)
-if want pipeline && [ -d "$RUN/filtered" ]; then
-    part pipeline 300 $PY cli.py run tiny --out "$RUN"
-    cp "$RUN/report.json" "$OUT/report.json" 2>/dev/null
-    cp "$RUN/student/manifest.json" "$OUT/student-manifest.json" 2>/dev/null
+if [ ! -d "$RUN/filtered" ] && { want pipeline || want packing || want qlora || want fsdp2 || want gkd; }; then
+    say "no $RUN/filtered: the parts that train the tiny student are skipped (see the header: prepare RUN first)"
+    echo "no-RUN-filtered skipped" >> "$OUT/parts.txt"
 fi
 
-# 2b. Padding-free packing through the trainer (sdpa_varlen, or flash-attention's varlen kernel where installed).
+# 2. Padding-free packing through the trainer (sdpa_varlen, or flash-attention's varlen kernel where installed).
 # On the H200 (2026-11-28, no flash-attn, Liger on) this ran at ~1,100 tokens/s against ~113,000 unpacked, when
 # sdpa_varlen looped over the traces with torch's default SDPA backends. Suspected cause: cuDNN attention (the
 # default and cuDNN-forced MFU rows match, so torch seems to pick it on Hopper) plans a kernel per new length.
 # sdpa_varlen now takes torch's flash varlen kernel on GPUs. If packing is still slow, the probes bisect it:
 # Liger off (packing-noliger), stock mask-based SDPA instead of sdpa_varlen (packing-sdpa); compare their
 # tokens/s lines with packing's.
-declare -A PROBE=([packing]="" [packing-noliger]="student.train.use_liger_kernel=false"
+# packing-padded: the same run unpacked (padded batches), the baseline at the same batch size and steps.
+declare -A PROBE=([packing]="student.train.packing=true" [packing-padded]="student.train.packing=false"
+                  [packing-noliger]="student.train.use_liger_kernel=false"
                   [packing-sdpa]="student.train.attn_implementation=sdpa")
-for variant in packing packing-noliger packing-sdpa; do
-    if want $variant && [ -d "$RUN/filtered" ]; then
-        extra=()
-        [ -n "${PROBE[$variant]}" ] && extra=(--set "${PROBE[$variant]}")
-        mkdir -p .gpu/$variant && cp -r "$RUN/filtered" .gpu/$variant/
-        part $variant 120 $PY cli.py student train tiny --out .gpu/$variant --set student.train.packing=true \
+for variant in packing packing-padded packing-noliger packing-sdpa; do
+    probe=$variant; [ "$variant" = packing-padded ] && probe=packing  # the padded twin comes with packing
+    if want $probe && [ -d "$RUN/filtered" ]; then
+        extra=(--set "${PROBE[$variant]}")
+        [ "$variant" = packing-noliger ] || [ "$variant" = packing-sdpa ] && extra+=(--set student.train.packing=true)
+        mkdir -p ".gpu/$variant" && cp -r "$RUN/filtered" ".gpu/$variant/"
+        part "$variant" 120 "$PY" cli.py student train tiny --out ".gpu/$variant" \
             --set student.train.per_device_train_batch_size=8 --set student.train.max_steps=60 \
             --set student.train.logging_steps=20 "${extra[@]}"
+        cp ".gpu/$variant/student/manifest.json" "$OUT/$variant-manifest.json" 2>/dev/null
     fi
 done
+
+# 2b. The demo pipeline, continued on the GPU (its prompts, generations and filter came with the tree)
+if want pipeline && [ -d "$RUN/filtered" ]; then
+    part pipeline 300 "$PY" cli.py run tiny --out "$RUN"
+    cp "$RUN/report.json" "$OUT/report.json" 2>/dev/null
+    cp "$RUN/student/manifest.json" "$OUT/student-manifest.json" 2>/dev/null
+fi
 
 # 3. QLoRA (NF4 base, LoRA adapters, merged at save), then the R1 protocol on the merged model
 if want qlora && [ -d "$RUN/filtered" ]; then
