@@ -589,9 +589,10 @@ _CATALOG_BRANCHES = {"str"} | {model.__name__ for _, model in CATALOG_KIND.value
 
 def _branch(part: Any) -> str | None:
     """The branch a union error's location part names: ``StudentConfig``, or the same written as
-    ``function-after[_one_way_to_build(), StudentConfig]`` for a model with an after-validator; else None."""
-    if isinstance(part, str) and part.startswith("function-") and part.endswith("]"):
-        part = part[:-1].rsplit(", ", 1)[-1]
+    ``function-after[_one_way_to_build(), StudentConfig]`` for a model with an after-validator (nested once per
+    validator: ``function-after[_b(), function-after[_a(), StudentConfig]]``); else None."""
+    while isinstance(part, str) and part.startswith("function-") and part.endswith("]"):
+        part = part[part.index("[") + 1:-1].split(", ", 1)[-1]
     return part if part in _CATALOG_BRANCHES else None
 
 
