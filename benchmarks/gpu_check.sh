@@ -24,7 +24,8 @@
 # Before the GPU call, on the CPU machine: `bash benchmarks/gpu_prepare.sh`. It writes RUN (default .gpu/run: the
 # demo's prompts, generations and filtered stages; without them pipeline and packing are skipped) and .whl/ (the
 # wheels the GPU image lacks, ~50 MB), git-ignored; then run(command="OUT=$OUT bash benchmarks/gpu_check.sh",
-# carry=[".whl", ".gpu"], timeout_s=600).
+# carry=[".whl", ".gpu/run"], timeout_s=600). Each training part trains in a fresh .gpu/<part> folder (a
+# complete one left by an earlier call would be reused, its figures not this GPU's).
 # Python packages the machine lacks can come as wheels in .whl/ (installed into /tmp/site, put first on PYTHONPATH).
 # Results: OUT/log (everything), OUT/mfu.jsonl, OUT/report.json, OUT/*manifest.json (metrics and settings; each
 # training manifest also holds the memory plan, settings.planned_gib_per_gpu, beside the peak, gpu_peak_gib).
@@ -44,6 +45,7 @@ want() { [[ " $PARTS " == *" $1 "* ]]; }
 say() { echo; echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
 part() {  # part NAME SECONDS CMD...: run one check under a time limit, keep its tail, record its exit status
     local name=$1 limit=$2; shift 2
+    rm -f "/tmp/part-$name.log"  # a warm machine keeps the last call's: never read back a stale part's output
     local left=$(( BUDGET - ($(date +%s) - t0) - 15 ))  # 15 s: timeout's -k grace and the summary
     if (( left < 20 )); then
         say "$name: skipped, ${left}s left of BUDGET=${BUDGET}s"
@@ -102,13 +104,13 @@ fi
 for variant in ${variants[@]+"${variants[@]}"}; do  # (empty-safe under set -u)
     # shellcheck disable=SC2086
     part "mfu${variant// /}" 150 $PY benchmarks/gpu_mfu.py $variant
-    grep '^{' "/tmp/part-mfu${variant// /}.log" >> "$OUT/mfu.jsonl"
+    grep -s '^{' "/tmp/part-mfu${variant// /}.log" >> "$OUT/mfu.jsonl"
 done
 
 # 1b. 32k tokens (the R1-Distill context) with gradient checkpointing
 if want mfu32k; then
     part mfu32k 150 $PY benchmarks/gpu_mfu.py --liger --tokens 32768 --gradient-checkpointing
-    grep '^{' /tmp/part-mfu32k.log >> "$OUT/mfu.jsonl"
+    grep -s '^{' /tmp/part-mfu32k.log >> "$OUT/mfu.jsonl"
 fi
 
 if [ ! -d "$RUN/filtered" ] && { want pipeline || want packing || want qlora || want fsdp2 || want gkd; }; then
@@ -132,7 +134,7 @@ for variant in packing packing-padded packing-noliger packing-sdpa; do
     if want $probe && [ -d "$RUN/filtered" ]; then
         extra=(--set "${PROBE[$variant]}")
         [ "$variant" = packing-noliger ] || [ "$variant" = packing-sdpa ] && extra+=(--set student.train.packing=true)
-        mkdir -p ".gpu/$variant" && cp -r "$RUN/filtered" ".gpu/$variant/"
+        rm -rf ".gpu/$variant" && mkdir -p ".gpu/$variant" && cp -r "$RUN/filtered" ".gpu/$variant/"
         part "$variant" 120 "$PY" cli.py student train tiny --out ".gpu/$variant" \
             --set student.train.per_device_train_batch_size=8 --set student.train.max_steps=60 \
             --set student.train.logging_steps=20 "${extra[@]}"
@@ -149,7 +151,7 @@ fi
 
 # 3. QLoRA (NF4 base, LoRA adapters, merged at save), then the R1 protocol on the merged model
 if want qlora && [ -d "$RUN/filtered" ]; then
-    mkdir -p .gpu/qlora && cp -r "$RUN/filtered" .gpu/qlora/
+    rm -rf .gpu/qlora && mkdir -p .gpu/qlora && cp -r "$RUN/filtered" .gpu/qlora/
     part qlora 200 $PY cli.py student train tiny --out .gpu/qlora --set student=tiny-arith-qlora
     cp .gpu/qlora/student/manifest.json "$OUT/qlora-manifest.json" 2>/dev/null
     part qlora-eval 120 $PY cli.py eval tiny --out .gpu/qlora --model .gpu/qlora/student/model --label qlora
@@ -158,7 +160,7 @@ fi
 # 4. FSDP2 through the shipped config, on the GPUs here
 if want fsdp2 && [ -d "$RUN/filtered" ]; then
     gpus=$($PY -c "import torch; print(torch.cuda.device_count())")
-    mkdir -p .gpu/fsdp2 && cp -r "$RUN/filtered" .gpu/fsdp2/
+    rm -rf .gpu/fsdp2 && mkdir -p .gpu/fsdp2 && cp -r "$RUN/filtered" .gpu/fsdp2/
     part fsdp2 200 $PY -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml \
         --num_processes "$gpus" -m distill.student.launch tiny --out .gpu/fsdp2 --set student.train.max_steps=300
     cp .gpu/fsdp2/student/manifest.json "$OUT/fsdp2-manifest.json" 2>/dev/null
@@ -166,7 +168,7 @@ fi
 
 # 5. GKD (on-policy logit distillation from the tiny teacher) in bf16: generation and the JSD loss on the GPU
 if want gkd && [ -d "$RUN/filtered" ]; then
-    mkdir -p .gpu/gkd && cp -r "$RUN/filtered" .gpu/gkd/
+    rm -rf .gpu/gkd && mkdir -p .gpu/gkd && cp -r "$RUN/filtered" .gpu/gkd/
     part gkd 150 $PY cli.py student train tiny --out .gpu/gkd --set student.train.distill_method=gkd \
         --set student.train.max_steps=100
     cp .gpu/gkd/student/manifest.json "$OUT/gkd-manifest.json" 2>/dev/null

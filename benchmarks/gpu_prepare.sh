@@ -3,7 +3,7 @@
 #   .gpu/run  the demo's prompts, generations and filtered traces (the GPU parts train from them; ~2 min, ~5 MB)
 #   .whl/     wheels of the Python packages the GPU image lacks (~50 MB, most of it bitsandbytes)
 # Both are git-ignored through .git/info/exclude and travel with the call as carried paths:
-#   run(command="OUT=$OUT bash benchmarks/gpu_check.sh", carry=[".whl", ".gpu"], timeout_s=600)
+#   run(command="OUT=$OUT bash benchmarks/gpu_check.sh", carry=[".whl", ".gpu/run"], timeout_s=600)
 # The run tool carries 64 MiB at most: this prints the total. Why a script: a session lent a GPU has 15 minutes of
 # device time and no second chance, and without these the GPU run skipped its training parts (and could not import
 # trl) instead of measuring them.
@@ -20,6 +20,8 @@ if [ ! -f .gpu/run/filtered/manifest.json ]; then
     "$PY" cli.py teacher generate tiny --out .gpu/run
     "$PY" cli.py teacher filter tiny --out .gpu/run
 fi
+# only the teacher's stages: a student trained here would be reused there, its figures the CPU's
+find .gpu/run -mindepth 1 -maxdepth 1 ! -name prompts ! -name generations ! -name filtered -exec rm -rf {} +
 
 # What the GPU image lacks (/work/.library/device/KINDS.md), at the versions the CPU tests run (pyproject.toml) or
 # their requirements there; Python 3.12. bitsandbytes is published with the manylinux_2_24 tag only.
@@ -33,7 +35,7 @@ mkdir -p .whl
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     --platform any -d .whl "${WHEELS[@]}"
 
-total=$(du -sbc .whl .gpu | tail -n 1 | cut -f 1)
+total=$(du -sbc .whl .gpu/run | tail -n 1 | cut -f 1)
 tree=$(git ls-files -z | du -bc --files0-from=- | tail -n 1 | cut -f 1)
-echo "carried: .whl + .gpu $(( total / 1024 / 1024 )) MiB, tracked tree $(( tree / 1024 / 1024 )) MiB" \
+echo "carried: .whl + .gpu/run $(( total / 1024 / 1024 )) MiB, tracked tree $(( tree / 1024 / 1024 )) MiB" \
      "(the run tool takes 64 MiB in all)"

@@ -123,8 +123,13 @@ def check_student_inputs(recipe: ResolvedRecipe) -> None:
     from .student.gkd import check_teacher
     from .student.trackers import check_report_to
 
-    check_teacher(recipe.student, teacher_model_path(recipe))
-    check_report_to(recipe.student.train.report_to)
+    s = recipe.student
+    if recipe.teacher.backend == "openai" and not (s.tokenizer or s.base):
+        raise DistillError(f"a student built from init_config takes its tokenizer from the teacher, but teacher "
+                           f"'{recipe.teacher.name}' is served over HTTP ({recipe.teacher.model}: no local "
+                           "tokenizer); set student.tokenizer to a local folder or Hub id", where="student.tokenizer")
+    check_teacher(s, teacher_model_path(recipe))
+    check_report_to(s.train.report_to)
 
 
 def stage_prompts(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
@@ -301,6 +306,17 @@ def eval_targets(recipe: ResolvedRecipe, run: Path) -> dict[str, str]:
     return targets
 
 
+def eval_backend(recipe: ResolvedRecipe, label: str) -> Any:
+    """The backend that evaluates target ``label``: the teacher's own for a teacher served by vLLM or over HTTP
+    (R1 does not load into transformers on one process, and an endpoint's model is no local folder), else None
+    (evaluate loads the model with transformers, as it does the students)."""
+    if label != "teacher" or recipe.teacher.backend == "transformers":
+        return None
+    from .teacher.backends.factory import make_backend
+
+    return make_backend(recipe.teacher, teacher_model_path(recipe))
+
+
 def stage_eval(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     from .evaluate.run import evaluate
 
@@ -316,7 +332,7 @@ def stage_eval(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[s
     results: dict[str, dict[str, Any]] = {}
     for label, ref in eval_targets(recipe, run).items():
         for bench in recipe.eval.benchmarks:
-            res = evaluate(ref, bench, st.folder / label / bench.name, name=label,
+            res = evaluate(ref, bench, st.folder / label / bench.name, name=label, backend=eval_backend(recipe, label),
                            workers=recipe.filter.workers)
             results.setdefault(label, {})[bench.name] = res
     return st.finish(results=results)
@@ -370,9 +386,8 @@ def run_pipeline(recipe: ResolvedRecipe, run: Path, *, force: bool = False,
         check_claims(recipe, run, names)
     if any((st := stage_spec(name, recipe, run)) is not None and (force or not st.is_complete())
            for name in ("train", "train_unfiltered") if name in names):
-        from .student.trackers import check_report_to
-
-        check_report_to(recipe.student.train.report_to)  # a tracker that cannot log: before the teacher generates
+        check_student_inputs(recipe)  # a tracker that cannot log, a GKD teacher or tokenizer missing: before the
+        # teacher generates
     seconds: dict[str, float] = {}
     for name in names:
         start = time.time()

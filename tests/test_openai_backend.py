@@ -233,6 +233,51 @@ def test_a_served_model_name_is_sent_as_it_is(tmp_path, served):
     assert manifest["counts"]["samples_total"] == answered == 3 and manifest["config"]["model"] == served
 
 
+def test_a_served_teacher_is_evaluated_through_its_endpoint(tmp_path):
+    """The eval stage scored the teacher by loading its model with transformers: an endpoint's model (or R1 under
+    vLLM) is no local folder, so a run with a served teacher failed at eval, after generation and training. The
+    teacher is now evaluated through its own backend; the students still load with transformers."""
+    from distill.config import load_recipe
+    from distill.evaluate.run import evaluate
+    from distill.pipeline import eval_backend, eval_targets
+
+    assert eval_backend(load_recipe("tiny", []), "teacher") is None  # the bundled teacher: transformers
+    with ServerThread(ServerConfig(latency_ms=1)) as srv:
+        recipe = load_recipe("tiny", ["teacher=openai-compatible", "teacher.model=deepseek-r1:7b",
+                                      f"teacher.http.base_url={srv.url}"])
+        assert eval_backend(recipe, "student") is None
+        backend = eval_backend(recipe, "teacher")
+        assert isinstance(backend, OpenAIChatBackend) and backend.model == "deepseek-r1:7b"
+        bench = recipe.eval.benchmarks[0].model_copy(update={"limit": 2, "k": 1})
+        results = evaluate(eval_targets(recipe, tmp_path)["teacher"], bench, tmp_path / "eval", name="teacher",
+                           backend=backend)
+        assert srv.server.counts["ok"] == 2
+    assert results["model"] == "teacher" and results["stopped_fraction"] == 1.0
+
+
+def test_a_random_student_needs_its_own_tokenizer_beside_a_served_teacher():
+    """A student built from init_config takes the teacher's tokenizer; a served teacher has none here. Refused
+    before the teacher generates (run_pipeline checks the student's inputs first), naming the key to set."""
+    from distill.config import load_recipe
+    from distill.pipeline import check_student_inputs
+
+    served = ["teacher=openai-compatible", "teacher.model=accounts/fireworks/models/deepseek-r1"]
+    with pytest.raises(DistillError, match=r"^student\.tokenizer: a student built from init_config takes its "
+                                           r"tokenizer from the teacher, but teacher 'openai-compatible' is served"):
+        check_student_inputs(load_recipe("tiny", served))
+    check_student_inputs(load_recipe("tiny", [*served, "student.tokenizer=teachers/tiny-arith"]))
+
+
+def test_distill_run_refuses_a_student_without_a_tokenizer_before_the_teacher_generates(tmp_path):
+    from tests.conftest import run_cli
+
+    proc = run_cli("run", "tiny", "--out", str(tmp_path / "run"), "--set", "teacher=openai-compatible",
+                   "--set", "teacher.http.base_url=http://127.0.0.1:9/v1", timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: student.tokenizer: a student built from"), \
+        proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "generations").exists()
+
+
 # --- pieces -----------------------------------------------------------------------------------------------------
 def test_backoff_jitter_and_retry_after():
     import random

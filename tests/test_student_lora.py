@@ -9,7 +9,6 @@ also checked with a float32 base.
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
