@@ -26,6 +26,15 @@ THINK_PREFILL = THINK_OPEN + "\n"
 SPECIAL_TOKENS = [BOS, EOS, USER, ASSISTANT, PAD]
 ADDED_TOKENS = [THINK_OPEN, THINK_CLOSE]
 
+
+
+def marker_in_text(text: str, think_tags: bool = True) -> str | None:
+    """The first of the format's markers that ``text`` holds as plain text (the think tags too, unless
+    ``think_tags`` is False), or None. A tokenizer reads such text as the control token itself, so a trace or a
+    generation holding one would teach a student to stop, open a turn or close its reasoning there."""
+    return next((m for m in SPECIAL_TOKENS + (ADDED_TOKENS if think_tags else []) if m in text), None)
+
+
 MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 
 # R1-Distill layout. The assistant turn being trained (the last message, no generation prompt) is rendered whole;

@@ -218,9 +218,9 @@ class FilterConfig(Strict):
 class LoraSettings(Strict):
     """PEFT LoRA / QLoRA, for users with one GPU: train low-rank adapters on a frozen base instead of all weights.
 
-    ``quantization: nf4`` is QLoRA (the frozen base loaded in bitsandbytes NF4; on a GPU, or slowly on the CPU). The adapter is merged
-    into the base when the model is saved (``merge``), so the exported folder is a plain model that vLLM,
-    llama.cpp and the quantizers load without PEFT."""
+    ``quantization: nf4`` is QLoRA (the frozen base loaded in bitsandbytes NF4; on a GPU, or slowly on the CPU).
+    The adapter is merged into the base when the model is saved (``merge``), so the exported folder is a plain
+    model that vLLM, llama.cpp and the quantizers load without PEFT."""
     enabled: bool = False
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)

@@ -92,3 +92,14 @@ def small_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "tiny"
     run_cli("run", "tiny", "--out", str(out), *SMALL_RUN, check=True, timeout=900)
     return out
+
+
+def filtered_run(run: Path, n: int = 4) -> Path:
+    """A run folder whose filter stage is complete (what the train stage reads): ``n`` kept traces."""
+    import json
+
+    from distill.student.miniature import write_kept
+
+    write_kept(run / "filtered" / "kept", n)
+    (run / "filtered" / "manifest.json").write_text(json.dumps({"stage": "filter", "status": "complete"}))
+    return run

@@ -18,7 +18,7 @@ import pytest
 from distill.config import StudentConfig
 from distill.errors import DistillError
 from distill.student.miniature import TINY_INIT, tiny_student, write_kept
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, filtered_run, run_cli
 from tests.tiny_models import build_tiny_teacher
 
 
@@ -341,13 +341,6 @@ def test_out_under_a_file_names_out_and_the_file(tmp_path):
     assert list((tmp_path / "new" / "run").iterdir()) == []  # the write check leaves nothing behind
 
 
-def _filtered_run(run: Path, n: int = 4) -> Path:
-    """A run folder whose filter stage is complete (what the train stage reads)."""
-    write_kept(run / "filtered" / "kept", n)
-    (run / "filtered" / "manifest.json").write_text(json.dumps({"stage": "filter", "status": "complete"}))
-    return run
-
-
 def test_the_launcher_prints_one_line_for_an_unexpected_error(tmp_path, monkeypatch, capsys):
     """``python -m distill.student.launch`` runs on every rank; it caught only DistillError, so any other error
     printed a full traceback on every rank. Now: one ``error: internal error`` line, exit 1; DISTILL_DEBUG=1 keeps
@@ -388,7 +381,7 @@ def test_the_launcher_sets_the_clis_library_defaults():
 def test_the_launcher_reports_a_broken_base_as_one_line(teacher, tmp_path, capsys):
     from distill.student import launch
 
-    run = _filtered_run(tmp_path / "run")
+    run = filtered_run(tmp_path / "run")
     base = broken_copy(teacher, tmp_path / "base", "weights cut short")
     rc = launch.main(["tiny", "--out", str(run), "--set", f"student.base={base}", "--set",
                       "student.init_config=null"])
@@ -405,7 +398,7 @@ def test_a_bad_kept_record_is_refused_before_the_student_is_built(tmp_path, caps
     from distill.pipeline import stage_train
     from distill.student import launch
 
-    run = _filtered_run(tmp_path / "run")
+    run = filtered_run(tmp_path / "run")
     shard = run / "filtered" / "kept" / "shard-00000.jsonl"
     lines = shard.read_text().splitlines()
     shard.write_text("\n".join(lines[:2] + ['{"problem": "1+1", "reasoning": "  ", "answer": "2"}'] + lines[2:]) + "\n")
@@ -445,7 +438,7 @@ def test_a_missing_gkd_teacher_is_refused_before_the_student_is_built(tmp_path):
     from distill.config import load_recipe
     from distill.pipeline import stage_train
 
-    run = _filtered_run(tmp_path / "run")
+    run = filtered_run(tmp_path / "run")
     recipe = load_recipe("tiny", ["student.train.distill_method=gkd", "student.train.max_steps=1",
                                   f"student.train.gkd.teacher={tmp_path}/no-such-teacher"])
     with pytest.raises(DistillError, match=rf"^student\.train\.gkd\.teacher: cannot use the GKD teacher: "

@@ -24,8 +24,7 @@ import pytest
 
 from distill.errors import DistillError
 from distill.student.trackers import check_report_to, wandb_login_problem
-from distill.student.miniature import write_kept
-from tests.conftest import ROOT
+from tests.conftest import ROOT, filtered_run
 
 HIDE_MODULES = '''
 import os, sys
@@ -51,13 +50,6 @@ sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
 '''
 
 SMALL = ["--set", "student.train.max_steps=2", "--set", "student.train.threads=1"]
-
-
-def filtered_run(run: Path, n: int = 4) -> Path:
-    """A run folder whose filter stage is complete (what the train stage reads)."""
-    write_kept(run / "filtered" / "kept", n)
-    (run / "filtered" / "manifest.json").write_text(json.dumps({"stage": "filter", "status": "complete"}))
-    return run
 
 
 def child_env(tmp_path: Path, hide: str = "", **extra: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..chat_template import SPECIAL_TOKENS, THINK_CLOSE, THINK_OPEN
+from ..chat_template import THINK_CLOSE, THINK_OPEN, marker_in_text
 
 Check = Callable[[dict[str, Any]], "str | None"]
 
@@ -33,7 +33,7 @@ def check_format(gen: dict[str, Any]) -> str | None:
         return "think_not_closed"
     if text.count(THINK_OPEN) > 1 or text.count(THINK_CLOSE) > 1:
         return "multiple_think_blocks"
-    if any(marker in text for marker in SPECIAL_TOKENS):
+    if marker_in_text(text, think_tags=False):  # the think tags: counted above
         return "chat_marker_in_text"
     if not (gen.get("reasoning") or "").strip():
         return "empty_think"

@@ -1,9 +1,9 @@
 """LoRA / QLoRA through PEFT, and merging the adapter back so exports are plain models.
 
 Why: a 7B-32B student does not fit full fine-tuning on one GPU; LoRA trains ~1% of the weights and QLoRA also holds
-the frozen base in 4-bit NF4 (bitsandbytes: CUDA, or its CPU backend). Everything downstream (eval with vLLM or transformers,
-bitsandbytes/GGUF export, the Hub card) expects a plain checkpoint, so the adapter is merged (``merge_and_unload``)
-before the model is saved. A QLoRA base is 4-bit: merging into it would round the update away, so the adapter is
+the frozen base in 4-bit NF4 (bitsandbytes: CUDA, or its CPU backend). Everything downstream (eval with vLLM or
+transformers, bitsandbytes/GGUF export, the Hub card) expects a plain checkpoint, so the adapter is merged
+(``merge_and_unload``) before the model is saved. A QLoRA base is 4-bit: merging into it would round the update away, so the adapter is
 merged into a bf16 reload of the base instead (:func:`merge_adapter_folder`).
 """
 

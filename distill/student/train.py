@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..chat_template import ADDED_TOKENS, SPECIAL_TOKENS, render_training_pair
+from ..chat_template import ADDED_TOKENS, SPECIAL_TOKENS, marker_in_text, render_training_pair
 from ..config import StudentConfig
 from ..errors import DistillError, first_line
 from ..records import SHARD_GLOB, ShardedJsonlStore, iter_jsonl
@@ -51,9 +51,8 @@ def marker_in(rec: dict[str, Any]) -> str | None:
     turn there, a ``</think>`` in the reasoning to close it early. The think tags are left alone in the problem
     (the prompt is not learned, and the served student sees the same tokens)."""
     for key in TRACE_FIELDS:
-        for marker in SPECIAL_TOKENS + (ADDED_TOKENS if key != "problem" else []):
-            if marker in rec[key]:
-                return f"its {key} holds {marker!r}"
+        if marker := marker_in_text(rec[key], think_tags=key != "problem"):
+            return f"its {key} holds {marker!r}"
     return None
 
 
@@ -328,11 +327,7 @@ def last_checkpoint(out_dir: Path) -> str | None:
     cannot be loaded and every resubmission crashes on it. A checkpoint counts as complete when its
     trainer_state.json parses; the incomplete newer ones hold nothing a resume can use and are deleted by the
     main process, so the resumed run can write those steps again."""
-    folder = Path(out_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    steps = {int(p.name.split("-")[1]): p for p in folder.glob("checkpoint-*")
-             if p.is_dir() and p.name.split("-")[1].isdigit()}
+    steps = checkpoint_folders(out_dir)
     unfinished = {step: _unfinished_because(p) for step, p in steps.items()}
     complete = [step for step, why in unfinished.items() if why is None]
     newest = max(complete, default=None)
@@ -407,11 +402,16 @@ def processes(n: int, kind: str = "") -> str:
     return f"{n} {kind}process{'es' if n != 1 else ''}"
 
 
+def checkpoint_folders(out_dir: Path) -> dict[int, Path]:
+    """The Trainer's ``checkpoint-N`` folders in ``out_dir/checkpoints``, by step N, finished or not."""
+    return {int(p.name.split("-")[1]): p for p in (Path(out_dir) / "checkpoints").glob("checkpoint-*")
+            if p.is_dir() and p.name.split("-")[1].isdigit()}
+
+
 def has_complete_checkpoint(out_dir: Path) -> bool:
     """Whether training in ``out_dir`` will resume (a complete checkpoint exists) rather than start at step 0; it
     reads only, where :func:`last_checkpoint` also removes the incomplete ones."""
-    return any(p.is_dir() and p.name.split("-")[1].isdigit() and _unfinished_because(p) is None
-               for p in (Path(out_dir) / "checkpoints").glob("checkpoint-*"))
+    return any(_unfinished_because(p) is None for p in checkpoint_folders(out_dir).values())
 
 
 def _unfinished_because(folder: Path) -> str | None:
@@ -545,8 +545,7 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept: str | Pa
             "lr_curve": [(h["step"], h["learning_rate"]) for h in history if "learning_rate" in h],
             "trainable_parameters": trainable, "gpu_peak_gib": peak_gpu_gib(),
             "settings": {**settings, "distill_method": t.distill_method, "sharding": sharding(trainer),
-                         "lora": cfg.lora.enabled,
-                         **getattr(model, "distill_build_info", {})}}
+                         "lora": cfg.lora.enabled, **getattr(model, "distill_build_info", {})}}
 
 
 def lora_dropout(model: Any) -> float | None:
