@@ -165,3 +165,6 @@ def test_every_node_meets_at_the_first_nodes_address(tmp_path, monkeypatch, layo
         config = _rendezvous_of(argv[1:])
         assert (config.rdzv_backend, config.rdzv_endpoint) == ("c10d", f"gpu-node-017:{port}")
         assert (config.min_nodes, config.max_nodes, config.nproc_per_node) == (2, 2, 8)  # 16 processes in all
+        # the first node hosts the rendezvous store, said outright: nodes sharing a host (the two-"node" test above)
+        # both took it by torch's hostname guess, and the first node's accelerate then refused its port as in use
+        assert config.rdzv_configs["is_host"] == ("true" if node == 0 else "false")
