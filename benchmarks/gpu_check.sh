@@ -32,9 +32,10 @@
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 RUN=${RUN:-.gpu/run}
-# The default is what no GPU run has confirmed yet (about 8 minutes); "mfu qlora fsdp2 gkd" were measured on
-# 2026-11-28 (README). A subset reruns only those.
-PARTS=${PARTS:-varlen packing mfu-packed pipeline}
+# The default is every part but mfu32k: on the H200 (2026-11-29) about 500 s with the wheels' install (~30 s),
+# varlen ~25 s, the four MFU variants ~100 s, packing with its padded twin ~65 s, pipeline ~70 s, qlora with its
+# eval ~55 s, fsdp2 ~40 s, gkd ~80 s (README). What BUDGET cannot fit is skipped, gkd first; a subset reruns it.
+PARTS=${PARTS:-varlen mfu packing pipeline qlora fsdp2 gkd}
 BUDGET=${BUDGET:-540}
 PY=${PY:-python3}
 mkdir -p "$OUT"
@@ -120,11 +121,11 @@ fi
 
 # 2. Padding-free packing through the trainer (sdpa_varlen, or flash-attention's varlen kernel where installed).
 # On the H200 (2026-11-28, no flash-attn, Liger on) this ran at ~1,100 tokens/s against ~113,000 unpacked, when
-# sdpa_varlen looped over the traces with torch's default SDPA backends. Suspected cause: cuDNN attention (the
-# default and cuDNN-forced MFU rows match, so torch seems to pick it on Hopper) plans a kernel per new length.
-# sdpa_varlen now takes torch's flash varlen kernel on GPUs. If packing is still slow, the probes bisect it:
-# Liger off (packing-noliger), stock mask-based SDPA instead of sdpa_varlen (packing-sdpa); compare their
-# tokens/s lines with packing's.
+# sdpa_varlen looped over the traces with torch's default SDPA backends: torch picked cuDNN attention, which plans
+# a kernel per new trace length (varlen's "per trace, cuDNN allowed" row: 1.5 s a step). sdpa_varlen now takes
+# torch's flash varlen kernel on GPUs: 21,044 packed vs 5,062 padded tokens/s on 2026-11-29. If packing is ever
+# slow again, the probes bisect it: Liger off (packing-noliger), stock mask-based SDPA instead of sdpa_varlen
+# (packing-sdpa); compare their tokens/s lines with packing's.
 # packing-padded: the same run unpacked (padded batches), the baseline at the same batch size and steps.
 declare -A PROBE=([packing]="student.train.packing=true" [packing-padded]="student.train.packing=false"
                   [packing-noliger]="student.train.use_liger_kernel=false"
