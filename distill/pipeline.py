@@ -16,6 +16,7 @@ Run folder layout (every stage writes ``manifest.json`` last; a complete, matchi
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -263,22 +264,27 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
     check_student_inputs(recipe)
     st.begin(force)
     data = st.folder / "traces"
-    usable = skipped = 0
-    with ShardedJsonlStore(data) as store:
-        batch = []
-        for g in ShardedJsonlStore(run / "generations"):
-            if all(isinstance(g.get(key), str) and g[key].strip() for key in ("reasoning", "answer")):
-                batch.append(g)
-                usable += 1
-            else:
-                skipped += 1
-        store.append(batch)
+    usable, skipped = [], 0
+    for g in ShardedJsonlStore(run / "generations"):
+        if all(isinstance(g.get(key), str) and g[key].strip() for key in ("reasoning", "answer")):
+            usable.append(g)
+        else:
+            skipped += 1
+    if not data.exists():
+        # Written whole, then renamed into place: a rerun after a crash (in training, say) finds the traces there
+        # and trains on them as they were. Appended in place, each rerun added every generation again, and the
+        # resumed student trained on doubled data from a checkpoint made on the single copy.
+        partial = st.folder / "traces.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        with ShardedJsonlStore(partial) as store:
+            store.append(usable)
+        partial.rename(data)
     kept = read_kept(data)
     model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
     save_untrained(model, tokenizer, st.folder / "init", s)
     metrics = train_student(model, tokenizer, s, kept, st.folder, sampling=recipe.teacher.sampling,
                             teacher_model=teacher_model_path(recipe))  # GKD: the same teacher as the student's
-    return st.finish(counts={"traces": usable, "unrenderable_skipped": skipped}, metrics=metrics)
+    return st.finish(counts={"traces": len(usable), "unrenderable_skipped": skipped}, metrics=metrics)
 
 
 def stage_quantize(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:

@@ -227,7 +227,7 @@ def test_sbatch_script_rejects_a_bad_recipe_before_launching(tmp_path, args, exp
         (bin_dir / name).write_text(SRUN_CALLED)
         (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
     env = worker_env(PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable, SLURM_SUBMIT_DIR=str(tmp_path),
-                     SLURM_NNODES="2", SLURM_GPUS_ON_NODE="1", SLURM_JOB_NODELIST="node[0-1]",
+                     SLURM_NNODES="1", SLURM_GPUS_ON_NODE="1", SLURM_JOB_NODELIST="node0",
                      MASTER_PORT=str(free_port()), CALLED_MARKER=str(tmp_path / "called"))
     args = [str(tmp_path / "run") if a == "RUN" else a for a in args]
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_train.sbatch"), *args], env=env, cwd=tmp_path,

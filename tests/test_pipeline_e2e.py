@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from distill.records import ShardedJsonlStore
 from tests.conftest import SMALL_RUN, run_cli
 
@@ -124,3 +126,32 @@ def test_saved_student_tokenizer_is_the_one_it_trained_with(small_run):
         for text in (prompt, completion, prompt + completion):
             assert student(text, add_special_tokens=False)["input_ids"] == \
                 teacher(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_rerun_of_the_unfiltered_ablation_after_a_crash_trains_on_one_copy_of_the_traces(small_run, tmp_path,
+                                                                                          monkeypatch):
+    """The ablation copies the generations into its own trace store before training. A crash in training, then a
+    rerun, appended every generation a second time: the resumed student trained on doubled data."""
+    import shutil
+
+    import distill.student.train as train_module
+    from distill.config import load_recipe
+    from distill.pipeline import stage_train_unfiltered
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run / "generations", run / "generations")
+    recipe = load_recipe("tiny", [a for a in SMALL_RUN if a != "--set"])
+    seen = []
+
+    def crash(model, tokenizer, cfg, kept, *args, **kwargs):  # the crash, injected where training would start
+        seen.append(len(kept.records))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_student", crash)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            stage_train_unfiltered(recipe, run)
+    usable = sum(1 for g in ShardedJsonlStore(run / "generations") if g["reasoning"].strip() and g["answer"].strip())
+    assert len(list(ShardedJsonlStore(run / "student-unfiltered" / "traces"))) == usable
+    assert seen == [usable, usable]
+    assert not (run / "student-unfiltered" / "traces.partial").exists()

@@ -156,8 +156,8 @@ def test_every_node_meets_at_the_first_nodes_address(tmp_path, monkeypatch, layo
                      ACCELERATE=str(bin_dir / "accelerate"), ARGS_DIR=str(args_dir), SLURM_SUBMIT_DIR=str(ROOT), SLURM_NNODES="2", SLURM_GPUS_ON_NODE="8",
                      SLURM_JOB_NODELIST="gpu-node-[017-018]", MASTER_PORT=port)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_train.sbatch"), "tiny", str(tmp_path / "run"),
-                           f"configs/accelerate/{layout}.yaml"], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                           f"configs/accelerate/{layout}.yaml", "--set", "student.train.parallel.nodes=2"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     for node in (0, 1):
         argv = (args_dir / f"node-{node}").read_bytes().decode().split("\0")[:-1]

@@ -71,6 +71,7 @@ def check_gpus(parallel: ParallelSettings, visible: int | None = None, local_pro
                            " (the global batch is kept by more gradient accumulation; a big student may need LoRA)",
                            where="train.parallel.gpus_per_node")
     data_parallel_size(parallel, world)  # sequence/context groups must divide the processes launched
+    check_long_context_launcher(parallel)  # Ulysses under DeepSpeed, ring attention under FSDP: before the load
     wanted = parallel.nodes * parallel.gpus_per_node
     if world == 1 and wanted > 1:
         return (f"the recipe is laid out for {parallel.nodes} node(s) x {parallel.gpus_per_node} GPUs and this is "
@@ -101,6 +102,40 @@ def gradient_accumulation(t: TrainConfig, world: int | None = None) -> int:
     return t.global_batch_size // per_step
 
 
+def ulysses_sizes(config: Any, processes: int | None = None) -> list[int]:
+    """The sequence_parallel_size values (2 and up) DeepSpeed Ulysses can split ``config``'s attention into: each
+    GPU of a group takes an equal share of the query heads, and of the key/value heads (or, with fewer KV heads than
+    GPUs, a replica of one); with ``processes``, only sizes that also divide them."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    return [sp for sp in range(2, heads + 1) if heads % sp == 0 and (kv % sp == 0 or sp % kv == 0)
+            and (processes is None or processes % sp == 0)]
+
+
+def check_ulysses_heads(parallel: ParallelSettings, config: Any) -> None:
+    """Refuse a ``sequence_parallel_size`` the student's attention heads cannot be split into, before any weights
+    load.
+
+    Why: DeepSpeed's UlyssesSPAttentionHF refuses it ("Attention head count 28 is not divisible by SP size 8") only
+    when accelerate prepares the model, i.e. after every rank has loaded its weights (minutes for a 32B), and
+    `distill student plan` planned it as if it would run: Qwen2.5-Math-7B's 28 heads (4 KV heads) take SP 2, 4 or 28,
+    not 8; Qwen2.5-Math-1.5B's 12 heads (2 KV heads) not 8 either."""
+    sp = parallel.sequence_parallel_size
+    if sp == 1:
+        return
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    if heads % sp == 0 and (kv % sp == 0 or sp % kv == 0):
+        return
+    sizes = ulysses_sizes(config)
+    raise DistillError(f"sequence_parallel_size {sp}: DeepSpeed Ulysses splits the attention heads evenly over the "
+                       f"GPUs of a group, and the student has {heads} query and {kv} key/value heads; it takes "
+                       + (", ".join(map(str, sizes)) if sizes else "no sequence parallelism"),
+                       where="train.parallel.sequence_parallel_size")
+
+
 SP_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "sdpa_varlen")
 # the implementations that find a packed row's documents in the position ids Ulysses all-gathers
 PACKED_SP_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa_varlen")
@@ -120,13 +155,9 @@ def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "f
     from accelerate.parallelism_config import ParallelismConfig
     from accelerate.utils import DeepSpeedSequenceParallelConfig
 
-    launcher = launcher_kind()
+    check_long_context_launcher(parallel)
     if parallel.sequence_parallel_size > 1:
         where = "train.parallel.sequence_parallel_size"
-        if launcher != "deepspeed":
-            raise DistillError(f"sequence_parallel_size {parallel.sequence_parallel_size} is DeepSpeed Ulysses: "
-                               "launch with a DeepSpeed config (configs/accelerate/zero2.yaml or zero3.yaml), not "
-                               f"{launcher}", where=where)
         if attn_implementation not in SP_ATTENTION:
             raise DistillError(f"sequence_parallel_size {parallel.sequence_parallel_size} with attention "
                                f"{attn_implementation}: DeepSpeed Ulysses supports {', '.join(SP_ATTENTION)}",
@@ -145,14 +176,27 @@ def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "f
         # train_batch_size from this, and DeepSpeed refuses to start when it leaves them out (2+ SP groups)
         return ParallelismConfig(sp_size=parallel.sequence_parallel_size, sp_backend="deepspeed", sp_handler=handler,
                                  dp_replicate_size=data_parallel_size(parallel))
-    if launcher != "fsdp":
-        raise DistillError(f"context_parallel_size {parallel.context_parallel_size} is FSDP2 ring attention: launch "
-                           f"with configs/accelerate/fsdp2.yaml, not {launcher}",
-                           where="train.parallel.context_parallel_size")
     # FSDP2 shards over the data-parallel processes beside each ring (accelerate's dp_shard): accelerate refuses to
     # start when the sizes do not multiply to the world (left out, 32 GPUs with cp 2 stopped at 2 != 32)
     return ParallelismConfig(cp_size=parallel.context_parallel_size, cp_backend="torch",
                              dp_shard_size=data_parallel_size(parallel))
+
+
+def check_long_context_launcher(parallel: ParallelSettings) -> None:
+    """Refuse sequence parallelism outside a DeepSpeed launch and context parallelism outside an FSDP one.
+
+    Why here: check_gpus calls it before any weights load. The same refusal in parallelism_config came only when
+    the trainer's arguments were built, after every rank had loaded the student (a 32B recipe's SP 2 launched
+    with fsdp2.yaml or ddp.yaml: minutes of loading, then this error)."""
+    launcher = launcher_kind()
+    if parallel.sequence_parallel_size > 1 and launcher != "deepspeed":
+        raise DistillError(f"sequence_parallel_size {parallel.sequence_parallel_size} is DeepSpeed Ulysses: "
+                           "launch with a DeepSpeed config (configs/accelerate/zero2.yaml or zero3.yaml), not "
+                           f"{launcher}", where="train.parallel.sequence_parallel_size")
+    if parallel.context_parallel_size > 1 and launcher != "fsdp":
+        raise DistillError(f"context_parallel_size {parallel.context_parallel_size} is FSDP2 ring attention: launch "
+                           f"with configs/accelerate/fsdp2.yaml, not {launcher}",
+                           where="train.parallel.context_parallel_size")
 
 
 def scaled_loss(result: Any, scale: Any, return_outputs: bool) -> Any:

@@ -91,6 +91,7 @@ def launch(args: argparse.Namespace) -> int:
     from ..config import load_recipe
     from ..pipeline import check_student_inputs, make_run_folder, need, stage_spec, teacher_model_path
     from ..progress import quiet_library_loggers
+    from .distributed import check_gpus
     from .efficiency import resolve_bf16
     from .model import build_student, save_untrained
     from .train import read_kept, resumable_checkpoint, train_student
@@ -109,6 +110,11 @@ def launch(args: argparse.Namespace) -> int:
             print(f"train stage already complete in {st.folder}")
         state.destroy_process_group()
         return 0
+    # More processes than GPUs on a node (zero3.yaml's 8 on a 4-GPU box), or a GPU config on a CPU node: refused
+    # here, before the first collective and before rank 0 claims the stage folder. Left to build_student (which
+    # checks again and warns about a one-process launch), the barrier below ran first, and NCCL failed it with
+    # its own error (two ranks on one GPU: accelerate maps LOCAL_RANK modulo the GPU count) in place of this one.
+    check_gpus(s.train.parallel)
     make_run_folder(run)
     need(run / "filtered")
     check_student_inputs(recipe)  # the GKD teacher and the trackers: before the student is built

@@ -130,6 +130,7 @@ class MemoryPlan:
     precision: Precision
     parts: dict[str, int] = field(default_factory=dict)  # states and activations, in the order printed
     host_per_node: int = 0  # what an offloading layout keeps in each node's RAM instead
+    ulysses_sizes: list[int] = field(default_factory=list)  # the SP sizes its heads and processes allow
 
     @property
     def states(self) -> int:
@@ -226,8 +227,16 @@ def adapter_bytes_per_token(counts: ModelCounts, lora: Any) -> int:
 def plan_recipe(student: StudentConfig, teacher: str | None = None) -> MemoryPlan:
     """The plan of a recipe as written: its base's shape, its accelerate config over its nodes x GPUs, and for GKD
     its teacher (train.gkd.teacher, else ``teacher``: the run's)."""
+    from .distributed import check_ulysses_heads, data_parallel_size, gradient_accumulation
+
     layout, processes = layout_of(student)
-    return plan_memory(student, base_config(student), layout=layout, processes=processes,
+    config = base_config(student)
+    # a layout the launch would refuse is refused here too, not planned as if it would run: sequence/context
+    # groups that do not divide the processes, a global batch they do not divide, heads Ulysses cannot split
+    data_parallel_size(student.train.parallel, processes)
+    gradient_accumulation(student.train, processes)
+    check_ulysses_heads(student.train.parallel, config)
+    return plan_memory(student, config, layout=layout, processes=processes,
                        teacher_config=gkd_teacher_config(student, teacher))
 
 
@@ -258,6 +267,8 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
     """The per-GPU memory of ``student`` (its train settings) on ``config``'s architecture; ``precision`` as
     :func:`precision_of` says for the layout unless given; ``teacher_config``: a GKD teacher's architecture (its
     weights are then counted; the GKD loss's logits are counted whenever the student trains with GKD)."""
+    from .distributed import ulysses_sizes
+
     precision = precision or precision_of(student, layout)
     t, lora = student.train, student.lora
     counts = count_model(config, lora)
@@ -265,7 +276,8 @@ def plan_memory(student: StudentConfig, config: Any, *, layout: Layout, processe
     liger = bool(t.use_liger_kernel)
     split = t.parallel.sequence_parallel_size * t.parallel.context_parallel_size
     tokens = t.per_device_train_batch_size * t.max_length // split
-    plan = MemoryPlan(layout=layout, processes=processes, tokens=tokens, params=counts.params, precision=precision)
+    plan = MemoryPlan(layout=layout, processes=processes, tokens=tokens, params=counts.params, precision=precision,
+                      ulysses_sizes=ulysses_sizes(config, processes))
     P, n = counts.params, max(processes, 1)
     parts = plan.parts
 
@@ -354,8 +366,10 @@ def suggestions(student: StudentConfig, plan: MemoryPlan, gpu_bytes: int) -> str
         if t.distill_method != "gkd":  # TRL's GKD samples and scores whole sequences: no SP/CP (config.py)
             if plan.layout == "FSDP2":
                 tips.append(f"train.parallel.context_parallel_size={2 * p.context_parallel_size} (ring attention)")
-            elif plan.layout.startswith("ZeRO"):
-                tips.append(f"train.parallel.sequence_parallel_size={2 * p.sequence_parallel_size} (Ulysses)")
+            elif plan.layout.startswith("ZeRO"):  # a size the heads and the processes split into (Ulysses')
+                larger = [sp for sp in plan.ulysses_sizes if sp > p.sequence_parallel_size]
+                if larger:
+                    tips.append(f"train.parallel.sequence_parallel_size={larger[0]} (Ulysses)")
         tips.append(f"a shorter train.max_length (now {t.max_length})")
     if plan.states >= activations / 2 or not tips:
         if plan.layout in ("one GPU", "DDP", "ZeRO-2", "FSDP2") and "GKD teacher weights" in plan.parts:
@@ -383,8 +397,9 @@ def preflight(student: StudentConfig, config: Any, gpu_bytes: int | None = None,
     GPU. Refuse where the states alone exceed the GPU (certain out-of-memory, whatever the data; a GKD teacher's
     weights count among them, ``teacher`` being the run's when train.gkd.teacher is unset); warn where the whole
     step is planned above ``HEADROOM`` (activations are an estimate, and a run of short traces may pass)."""
-    from .distributed import deepspeed_zero_setup, launcher_kind, world_size
+    from .distributed import check_ulysses_heads, deepspeed_zero_setup, launcher_kind, world_size
 
+    check_ulysses_heads(student.train.parallel, config)  # on any machine: DeepSpeed refuses it after the load
     gpu_bytes = gpu_memory_bytes() if gpu_bytes is None else gpu_bytes
     if not gpu_bytes:
         return None, None

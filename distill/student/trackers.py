@@ -146,8 +146,13 @@ def _netrc_has_password(path: Path, hosts: set[str]) -> bool:
     return any((creds := parsed.authenticators(host)) and creds[2] for host in hosts)
 
 
-def tensorboard_callbacks(cfg: StudentConfig, out_dir: Path) -> list[Any]:
+def tensorboard_callbacks(cfg: StudentConfig, out_dir: Path, resume_step: int = 0) -> list[Any]:
     """TensorBoard logs (loss, learning rate, tokens/s) in ``RUN/student/tensorboard`` when tensorboard is here.
+
+    ``resume_step``: the step training resumes from (its checkpoint's; 0 when it starts over). Whatever an earlier
+    attempt logged after it is purged (SummaryWriter's ``purge_step``): a run killed at step 5 after checkpoint-3
+    and resumed logs steps 4 and 5 again, and TensorBoard drew both attempts' points in one curve (a rerun with no
+    checkpoint yet, the whole curve twice).
 
     First, before the trainer is built, a tracker the recipe names that cannot log here (not installed, W&B without
     an API key) is one error naming ``student.train.report_to`` (:func:`check_report_to`; the train stage and
@@ -167,7 +172,8 @@ def tensorboard_callbacks(cfg: StudentConfig, out_dir: Path) -> list[Any]:
                                where="student.train.report_to") from exc
     from transformers.integrations import TensorBoardCallback
 
-    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out_dir / "tensorboard")))]
+    writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step + 1)
+    return [TensorBoardCallback(tb_writer=writer)]
 
 
 USER_WANDB_DIR = os.environ.get("WANDB_DIR")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -198,7 +199,7 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
     kwargs = dict(
         output_dir=str(Path(out_dir) / "checkpoints"), learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, lr_scheduler_kwargs=dict(t.lr_scheduler_kwargs),
-        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        warmup_steps=warmup_fraction(t.warmup_ratio),
         num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=s["gradient_accumulation_steps"], max_length=t.max_length,
@@ -221,6 +222,13 @@ def training_args(cfg: StudentConfig, out_dir: str | Path, tokenizer: Any, model
     )
     kwargs.update(extra)
     return config_cls(**kwargs)
+
+
+def warmup_fraction(ratio: float) -> float:
+    """``train.warmup_ratio`` as transformers 5's ``warmup_steps``, which reads a value below 1 as a fraction of the
+    run and anything from 1 up as a number of steps: a ratio of 1.0 (warm up over the whole run, which the recipe
+    allows) warmed up for one step. The largest float below 1 gives ceil(steps x it) = steps, the whole run."""
+    return math.nextafter(1.0, 0.0) if ratio >= 1 else ratio
 
 
 def r1_token_ids(tokenizer: Any) -> list[int]:
@@ -414,6 +422,11 @@ def has_complete_checkpoint(out_dir: Path) -> bool:
     return any(_unfinished_because(p) is None for p in checkpoint_folders(out_dir).values())
 
 
+def newest_complete_step(out_dir: Path) -> int:
+    """The step of the newest complete checkpoint (the one training will resume from), 0 without one; reads only."""
+    return max((step for step, p in checkpoint_folders(out_dir).items() if _unfinished_because(p) is None), default=0)
+
+
 def _unfinished_because(folder: Path) -> str | None:
     """Why checkpoint ``folder`` was not finished (its trainer_state.json, written last, is missing or does not
     parse: the write was cut off), or None when it was."""
@@ -491,8 +504,8 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept: str | Pa
         torch.set_num_threads(t.threads)
     out_dir = Path(out_dir)
     settings = resolved_settings(cfg, model)
-    callbacks = tensorboard_callbacks(cfg, out_dir) + liger_callbacks(settings["liger_provider"]) + \
-        [last_step_logged()]
+    callbacks = tensorboard_callbacks(cfg, out_dir, resume_step=newest_complete_step(out_dir)) + \
+        liger_callbacks(settings["liger_provider"]) + [last_step_logged()]
     kept = kept if isinstance(kept, KeptTraces) else read_kept(kept)
     with warnings.catch_warnings(), liger_package_kernels(model, settings["liger_provider"]):
         warnings.simplefilter("ignore")
@@ -581,16 +594,20 @@ def mean_logged_loss(history: list[dict[str, Any]]) -> float | None:
 
 
 def last_step_logged() -> Any:
-    """A callback that logs the final step as well as every ``logging_steps``-th.
+    """A callback that logs the final step, and every step a checkpoint is saved at, as well as every
+    ``logging_steps``-th.
 
     Why: the Trainer logs only at multiples of logging_steps, so a run shorter than logging_steps logged no loss
     at all (no loss.png, no curve, ``final_loss`` None) and a longer one's curve and final loss stopped at the last
-    multiple (step 50 of 70)."""
+    multiple (step 50 of 70). A checkpoint between two logs (save_steps 25, logging_steps 10) left the steps since
+    the last log (21-25) in no log a resumed run could read back: its first log (step 30) was the mean of 26-30
+    alone, a different curve point and ``train_loss`` than the unbroken run's. Logged at the save, the checkpoint's
+    history ends exactly where the resumed Trainer starts counting."""
     from transformers import TrainerCallback
 
     class LastStepLogged(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.max_steps > 0 and state.global_step >= state.max_steps:
+            if control.should_save or (state.max_steps > 0 and state.global_step >= state.max_steps):
                 control.should_log = True
 
     return LastStepLogged()
