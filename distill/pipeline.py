@@ -133,6 +133,20 @@ def check_student_inputs(recipe: ResolvedRecipe) -> None:
     check_report_to(s.train.report_to)
 
 
+def check_plain_student(recipe: ResolvedRecipe) -> None:
+    """Refuse ``student.lora.merge: false`` where a stage loads the trained student as a plain model.
+
+    Why: with merge off the train stage keeps only the LoRA adapter (RUN/student/adapter, for users who publish
+    adapters) and reports itself done; quantize, eval and export then read RUN/student/model, which was never
+    written, and failed on the missing folder after the teacher had generated and the student had trained."""
+    lora = recipe.student.lora
+    if lora.enabled and not lora.merge:
+        raise DistillError("lora.merge is false, so the train stage keeps only the LoRA adapter (RUN/student/"
+                           "adapter), and quantize, eval and export load the trained student as a plain model: set "
+                           "student.lora.merge=true, or train the adapter alone with `distill student train`",
+                           where="student.lora.merge")
+
+
 def stage_prompts(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     st = stage_spec("prompts", recipe, run)
     if st.is_complete() and not force:
@@ -297,6 +311,7 @@ def stage_quantize(recipe: ResolvedRecipe, run: Path, force: bool = False) -> di
     if st.is_complete() and not force:
         return st.reused()
     need(run / "student")
+    check_plain_student(recipe)
     st.begin(force)
     info = quantize(run / "student" / "model", st.folder / "model", method)
     return st.finish(inputs={"model": str(run / "student" / "model")}, counts=info)
@@ -330,6 +345,7 @@ def stage_eval(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[s
     if st.is_complete() and not force:
         return st.reused()
     need(run / "student")
+    check_plain_student(recipe)
     if recipe.export.quantize != "none":
         need(run / "quantized")
     if recipe.compare_unfiltered:
@@ -351,6 +367,7 @@ def stage_export(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
     if st.is_complete() and not force:
         return st.reused()
     need(run / "eval")
+    check_plain_student(recipe)
     st.begin(force)
     results = read_json(run / "eval" / "manifest.json")["results"]
     kept = read_json(run / "filtered" / "manifest.json")["counts"]["kept"]
@@ -390,6 +407,8 @@ def run_pipeline(recipe: ResolvedRecipe, run: Path, *, force: bool = False,
     names = [name for name in STAGES if not only or name in only]
     if not force:
         check_claims(recipe, run, names)
+    if any(name in names for name in ("quantize", "eval", "export")):
+        check_plain_student(recipe)  # before the teacher generates and the student trains
     if any((st := stage_spec(name, recipe, run)) is not None and (force or not st.is_complete())
            for name in ("train", "train_unfiltered") if name in names):
         check_student_inputs(recipe)  # a tracker that cannot log, a GKD teacher or tokenizer missing: before the

@@ -174,3 +174,18 @@ def test_lora_under_fsdp_is_refused_before_loading(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets for fsdp2.yaml
     with pytest.raises(DistillError, match="student.lora.enabled: LoRA under FSDP does not train.*zero2.yaml"):
         build_student(cfg, "unused")
+
+
+def test_an_unmerged_adapter_is_refused_before_a_pipeline_run_starts(tmp_path):
+    """``lora.merge: false`` keeps only the adapter; quantize, eval and export load a plain model. A pipeline run
+    with it failed on the missing RUN/student/model after the teacher had generated and the student had trained:
+    now one error naming the key, before any stage runs; the eval stage alone refuses it the same way."""
+    from tests.conftest import run_cli
+
+    args = ["--set", "student.lora.enabled=true", "--set", "student.lora.merge=false"]
+    proc = run_cli("run", "tiny", "--out", str(tmp_path / "run"), *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: student.lora.merge: lora.merge is false"), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "prompts").exists()
+    proc = run_cli("eval", "tiny", "--out", str(tmp_path / "run"), *args)
+    assert proc.returncode == 2 and "student.lora.merge" in proc.stderr, proc.stdout + proc.stderr
