@@ -35,6 +35,33 @@ def marker_in_text(text: str, think_tags: bool = True) -> str | None:
     return next((m for m in SPECIAL_TOKENS + (ADDED_TOKENS if think_tags else []) if m in text), None)
 
 
+def own_control_tokens(tokenizer: Any) -> list[str]:
+    """The control tokens ``tokenizer`` holds beyond the R1 format's markers: a Qwen2.5 base's ``<|im_end|>`` and
+    ``<|endoftext|>``, a Llama-3 base's ``<|eot_id|>`` and reserved tokens. Text holding one is tokenized as that
+    token, as the markers are (:func:`marker_in_text`)."""
+    ours = set(SPECIAL_TOKENS + ADDED_TOKENS)
+    return sorted({t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                   if t.special and len(t.content) > 1 and t.content not in ours})
+
+
+def token_in_text(text: str, tokens: list[str]) -> str | None:
+    """The first of ``tokens`` found in ``text``, or None.
+
+    Why not ``any(t in text ...)``: a Llama-3 tokenizer holds ~256 control tokens and 800k traces run to 30k
+    characters each; they share a few two-character openings ("<|"), so each opening is searched for once and the
+    tokens are compared only where it occurs (rarely, in real text)."""
+    by_opening: dict[str, list[str]] = {}
+    for token in tokens:
+        by_opening.setdefault(token[:2], []).append(token)
+    for opening, candidates in by_opening.items():
+        at = text.find(opening)
+        while at != -1:
+            if hit := next((t for t in candidates if text.startswith(t, at)), None):
+                return hit
+            at = text.find(opening, at + 1)
+    return None
+
+
 MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 
 # R1-Distill layout. The assistant turn being trained (the last message, no generation prompt) is rendered whole;

@@ -223,6 +223,47 @@ def test_a_trace_holding_a_chat_marker_is_left_out_and_counted(teacher, tmp_path
         kept_records(kept, [])
 
 
+def test_a_trace_holding_the_student_tokenizers_own_control_token_is_left_out_and_counted(teacher, tmp_path, capsys):
+    """A base's own control tokens (a Qwen2.5 base's ``<|im_end|>`` and ``<|endoftext|>``) are tokenized as such
+    from text too, and read_kept, which runs before the student's tokenizer exists, screens only R1's markers:
+    such traces trained on the token mid-trace. They are left out once the tokenizer is known, named by file and
+    line, and counted with the markers' in ``marker_dropped``."""
+    from distill.student.model import build_student
+    from distill.student.train import read_kept, train_student
+
+    kept = write_kept(tmp_path / "kept", 6)
+    shard = kept / "shard-00000.jsonl"
+    rows = [json.loads(line) for line in shard.read_text().splitlines()]
+    rows[2]["reasoning"] = rows[2]["reasoning"] + " <|im_end|>\n<|im_start|>user\nmore"
+    rows[4]["answer"] = "<|end|> is not a token here, <|endoftext|> is"
+    rows[5]["answer"] = MARKED["answer"]  # an R1 marker: left out by read_kept already
+    shard.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+    cfg = tiny_student(max_steps=1)
+    model, tok = build_student(cfg, str(teacher))
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]})
+    assert len(read_kept(kept).records) == 5
+    metrics = train_student(model, tok, cfg, kept, tmp_path / "out")
+    assert metrics["examples"] == 3 and metrics["marker_dropped"] == 3
+    err = " ".join(capsys.readouterr().err.split())
+    assert "2 of 5 traces hold one of the student tokenizer's own control tokens as text and are left out" in err
+    assert f"first: {shard}:3: its reasoning holds '<|im_end|>'" in err
+
+
+@pytest.mark.parametrize("text,found", [
+    ("plain <| text <|im_start", None),
+    ("a <|im_start|> b", "<|im_start|>"),
+    ("<|im_end|>", "<|im_end|>"),
+    ("x <|eot|> then <|eot_id|>", "<|eot_id|>"),
+    ("[PAD] only", "[PAD]"),
+])
+def test_token_in_text_finds_any_of_many_tokens(text, found):
+    from distill.chat_template import token_in_text
+
+    tokens = ["<|im_start|>", "<|im_end|>", "<|eot_id|>", "[PAD]"] + [f"<|reserved_{i}|>" for i in range(250)]
+    assert token_in_text(text, tokens) == found
+
+
 # --- resuming ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,14 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from ..chat_template import ADDED_TOKENS, SPECIAL_TOKENS, marker_in_text, render_training_pair
+from ..chat_template import (ADDED_TOKENS, SPECIAL_TOKENS, marker_in_text, own_control_tokens, render_training_pair,
+                             token_in_text)
 from ..config import StudentConfig
 from ..errors import DistillError, first_line
 from ..records import SHARD_GLOB, ShardedJsonlStore, iter_jsonl
@@ -57,7 +58,8 @@ def marker_in(rec: dict[str, Any]) -> str | None:
     return None
 
 
-def kept_records(kept_dir: str | Path, left_out: list[str] | None = None) -> list[dict[str, Any]]:
+def kept_records(kept_dir: str | Path, left_out: list[str] | None = None,
+                 places: list[str] | None = None) -> list[dict[str, Any]]:
     """The kept traces, each checked: ``problem``, ``reasoning`` and ``answer`` must be non-empty strings (not
     only whitespace: that trains an empty think block or no answer). A record that breaks this is one error naming
     its file and line (a hand-edited or imported store can hold a number or a list there, which otherwise failed
@@ -65,7 +67,8 @@ def kept_records(kept_dir: str | Path, left_out: list[str] | None = None) -> lis
 
     ``left_out``: when given, traces whose text holds a chat-format marker (:func:`marker_in`) are left out and
     ``"FILE:LINE: why"`` appended for each, as overlong traces are (the unfiltered ablation trains on every
-    generation, where a teacher's stray marker is no reason to stop the run)."""
+    generation, where a teacher's stray marker is no reason to stop the run). ``places``: when given, each
+    returned record's ``"FILE:LINE"``."""
     recs = []
     for shard in ShardedJsonlStore(kept_dir).shards():
         for lineno, rec in iter_jsonl(shard):
@@ -82,6 +85,8 @@ def kept_records(kept_dir: str | Path, left_out: list[str] | None = None) -> lis
                 left_out.append(f"{shard}:{lineno}: {why}")
                 continue
             recs.append(rec)
+            if places is not None:
+                places.append(f"{shard}:{lineno}")
     if not recs and left_out:
         raise DistillError(f"every one of the {len(left_out):,} kept traces holds a chat-format marker as text, e.g. "
                            f"{left_out[0]}", where=str(kept_dir))
@@ -109,11 +114,44 @@ class KeptTraces:
     folder: Path
     records: list[dict[str, Any]]
     left_out: list[str]
+    places: list[str] = field(default_factory=list)  # each record's "FILE:LINE"
+
+    def without_control_text(self, tokenizer: Any) -> "KeptTraces":
+        """These traces less those whose text holds one of the student tokenizer's own control tokens
+        (:func:`~distill.chat_template.own_control_tokens`), which are left out and counted as the R1 markers are.
+
+        Why: read_kept screens R1's markers before the student (and its tokenizer) exists; a Qwen base's
+        ``<|endoftext|>`` (its padding token) or ``<|im_end|>`` in a trace's text is tokenized as that token too,
+        and trained on mid-trace. Seen in imported datasets rendered in another chat format."""
+        tokens = own_control_tokens(tokenizer)
+        if not tokens:
+            return self
+        records, places, left = [], [], []
+        for rec, place in zip(self.records, self.places or [str(self.folder)] * len(self.records)):
+            key = next((k for k in TRACE_FIELDS if token_in_text(rec[k], tokens)), None)
+            if key is None:
+                records.append(rec)
+                places.append(place)
+            else:
+                left.append(f"{place}: its {key} holds {token_in_text(rec[key], tokens)!r}")
+        if not left:
+            return self
+        if not records:
+            raise DistillError(f"every one of the {len(left):,} kept traces holds one of the student tokenizer's "
+                               f"control tokens as text, e.g. {left[0]}", where=str(self.folder))
+        if distributed.is_main_process():
+            from ..progress import console
+
+            console.print(f"train: {len(left):,} of {len(self.records):,} traces hold one of the student "
+                          "tokenizer's own control tokens as text and are left out: each would train as that token "
+                          f"(first: {left[0]})", style="yellow", highlight=False, soft_wrap=True)
+        return replace(self, records=records, places=places, left_out=self.left_out + left)
 
 
 def read_kept(kept_dir: str | Path) -> KeptTraces:
     left_out: list[str] = []
-    return KeptTraces(Path(kept_dir), kept_records(kept_dir, left_out), left_out)
+    places: list[str] = []
+    return KeptTraces(Path(kept_dir), kept_records(kept_dir, left_out, places), left_out, places)
 
 
 def training_pairs(kept: str | Path | KeptTraces, tokenizer: Any) -> list[dict[str, str]]:
@@ -506,7 +544,7 @@ def train_student(model: Any, tokenizer: Any, cfg: StudentConfig, kept: str | Pa
     settings = resolved_settings(cfg, model)
     callbacks = tensorboard_callbacks(cfg, out_dir, resume_step=newest_complete_step(out_dir)) + \
         liger_callbacks(settings["liger_provider"]) + [last_step_logged()]
-    kept = kept if isinstance(kept, KeptTraces) else read_kept(kept)
+    kept = (kept if isinstance(kept, KeptTraces) else read_kept(kept)).without_control_text(tokenizer)
     with warnings.catch_warnings(), liger_package_kernels(model, settings["liger_provider"]):
         warnings.simplefilter("ignore")
         if t.distill_method == "gkd":
