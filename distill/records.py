@@ -204,6 +204,9 @@ def iter_jsonl(path: str | Path, *, on_error: Any = "raise") -> Iterator[tuple[i
                     raise ValueError("not a JSON object")
             except (UnicodeDecodeError, ValueError) as exc:
                 why = f"malformed record ({exc.__class__.__name__}: {str(exc)[:80]})"
+                if isinstance(exc, json.JSONDecodeError):  # json's own "line 2 column 1" is inside this one line
+                    at = f"column {exc.colno}" if exc.lineno == 1 else "the end of the line"
+                    why = f"malformed record (JSONDecodeError: {exc.msg} at {at})"
                 if callable(on_error):
                     on_error(f"{path}:{lineno}", why)
                     continue

@@ -44,6 +44,19 @@ def test_malformed_line_is_named(tmp_path):
     assert len(list(read_jsonl(f, on_error="skip"))) == 1
 
 
+@pytest.mark.parametrize("line,where", [('{"id": "1", "problem": "x"', "at the end of the line"),
+                                        ('{"id": "1" "problem": "x"}', "at column 12")])
+def test_a_malformed_line_names_one_line(tmp_path, line, where):
+    """json's own position counts the line's newline as a second line ("line 2 column 1" beside FILE:2): the
+    message names the file's line once, and the place inside it as a column or the line's end."""
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"id": "0"}\n' + line + "\n")
+    with pytest.raises(DistillError) as err:
+        list(read_jsonl(f))
+    assert str(err.value).startswith(f"{f}:2: malformed record (JSONDecodeError: ")
+    assert str(err.value).endswith(f" {where})") and " line " not in str(err.value).split(":2: ")[1]
+
+
 def test_non_utf8_line_is_named(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_bytes(b'{"id": "1"}\n{"id": "\xff\xfe"}\n')
