@@ -176,6 +176,16 @@ def test_lora_under_fsdp_is_refused_before_loading(tmp_path, monkeypatch):
         build_student(cfg, "unused")
 
 
+def test_lora_on_a_random_init_student_under_deepspeed_is_refused_before_training(teacher, monkeypatch):
+    """A DeepSpeed run saves the adapter and merges it into a reload of the base; a student built from
+    init_config has no base, so the run failed there, after training, on the main process only."""
+    cfg = tiny_student()
+    cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": True})})
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what accelerate launch sets for zero2/zero3.yaml
+    with pytest.raises(DistillError, match="a DeepSpeed run merges its LoRA adapter into a reload of the base"):
+        build_student(cfg, str(teacher))
+
+
 def test_an_unmerged_adapter_is_refused_before_a_pipeline_run_starts(tmp_path):
     """``lora.merge: false`` keeps only the adapter; quantize, eval and export load a plain model. A pipeline run
     with it failed on the missing RUN/student/model after the teacher had generated and the student had trained:

@@ -229,6 +229,10 @@ def build_student(cfg: StudentConfig, teacher_model: str, seed: int = 0) -> tupl
         if cfg.lora.quantization != "none":
             raise DistillError("QLoRA quantises a pretrained base; a randomly initialised student needs 'base'",
                                where=where)
+        if cfg.lora.enabled and cfg.lora.merge and launcher_kind() == "deepspeed":
+            # refused before training, not at save: the merge there reloads the base (save_trained)
+            raise DistillError("a DeepSpeed run merges its LoRA adapter into a reload of the base, and a randomly "
+                               "initialised student has none: give it a 'base', or train it in full", where=where)
         info = prepare_chat_format(tokenizer, None, cfg.chat_format, where)
         config_cls, _ = ARCHITECTURES[cfg.architecture]
         vocab = cfg.init_config.get("vocab_size", len(tokenizer))  # more rows than tokens is fine (Qwen pads)
