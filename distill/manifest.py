@@ -131,6 +131,11 @@ class Stage:
             raise DistillError(f"holds output of stage '{self.name}' made with {what}; use a new --out or --force",
                                where=str(self.folder))
 
+    def release(self) -> None:
+        """Give up the folder's claim (its ``stage.json``), for a stage that failed before making anything a rerun
+        would build on: the rerun, its input or config corrected, is then not refused as 'a different config'."""
+        self.marker_path.unlink(missing_ok=True)
+
     def begin(self, force: bool = False) -> None:
         """Claim the folder for this config; refuse to mix output of a different config into it."""
         if force and self.folder.exists():

@@ -244,7 +244,7 @@ def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
 
 def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     from .student.model import build_student, parameter_count, save_untrained
-    from .student.train import read_kept, train_student
+    from .student.train import claim_kept_only_once_trained, read_kept, train_student
 
     s = recipe.student
     st = stage_spec("train", recipe, run)
@@ -254,10 +254,11 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
     check_student_inputs(recipe)
     kept = read_kept(run / "filtered" / "kept")  # checked before the student is built: minutes for a 70B
     st.begin(force)
-    model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
-    save_untrained(model, tokenizer, st.folder / "init", s)
-    metrics = train_student(model, tokenizer, s, kept, st.folder, sampling=recipe.teacher.sampling,
-                            teacher_model=teacher_model_path(recipe))
+    with claim_kept_only_once_trained(st):
+        model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
+        save_untrained(model, tokenizer, st.folder / "init", s)
+        metrics = train_student(model, tokenizer, s, kept, st.folder, sampling=recipe.teacher.sampling,
+                                teacher_model=teacher_model_path(recipe))
     return st.finish(inputs={"kept": str(run / "filtered" / "kept")},
                      counts={"parameters": parameter_count(model), "examples": metrics["examples"]}, metrics=metrics)
 
@@ -266,7 +267,7 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
     """The ablation: the same student, same settings, trained on every renderable trace (no correctness, format
     or dedup filtering), so the report shows what the filter buys."""
     from .student.model import build_student, save_untrained
-    from .student.train import read_kept, train_student
+    from .student.train import claim_kept_only_once_trained, read_kept, train_student
 
     st = stage_spec("train_unfiltered", recipe, run)
     if st is None:  # not recipe.compare_unfiltered
@@ -294,10 +295,11 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
             store.append(usable)
         partial.rename(data)
     kept = read_kept(data)
-    model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
-    save_untrained(model, tokenizer, st.folder / "init", s)
-    metrics = train_student(model, tokenizer, s, kept, st.folder, sampling=recipe.teacher.sampling,
-                            teacher_model=teacher_model_path(recipe))  # GKD: the same teacher as the student's
+    with claim_kept_only_once_trained(st):
+        model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
+        save_untrained(model, tokenizer, st.folder / "init", s)
+        metrics = train_student(model, tokenizer, s, kept, st.folder, sampling=recipe.teacher.sampling,
+                                teacher_model=teacher_model_path(recipe))  # GKD: the same teacher as the student's
     return st.finish(counts={"traces": len(usable), "unrenderable_skipped": skipped}, metrics=metrics)
 
 

@@ -523,3 +523,31 @@ def test_a_max_length_past_the_students_positions_warns(teacher):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         build_student(cfg, str(teacher))
+
+
+@pytest.mark.parametrize("entry", ["stage", "launcher"])
+def test_a_run_refused_before_its_first_checkpoint_leaves_the_folder_unclaimed(tmp_path, capsys, entry):
+    """Every trace longer than train.max_length is refused after the student is built. The stage had claimed its
+    folder for that config, so the corrected rerun was refused too ("made with a different config"), leaving only
+    a new --out or --force. Nothing was trained, so nothing needs the claim: the rerun trains."""
+    from distill.config import load_recipe
+    from distill.pipeline import stage_train
+    from distill.student import launch
+
+    run = filtered_run(tmp_path / "run")
+
+    def train(*overrides):
+        if entry == "launcher":
+            args = [a for o in overrides for a in ("--set", o)]
+            rc = launch.main(["tiny", "--out", str(run), *args])
+            assert rc in (0, 2)
+            if rc == 2:
+                raise DistillError(capsys.readouterr().err)
+        else:
+            stage_train(load_recipe("tiny", list(overrides)), run)
+
+    with pytest.raises(DistillError, match="longer than 16 tokens"):
+        train("student.train.max_length=16")
+    train("student.train.max_steps=1")
+    assert (run / "student" / "manifest.json").exists() and (run / "student" / "model").is_dir()
+    assert json.loads((run / "student" / "manifest.json").read_text())["metrics"]["steps"] == 1

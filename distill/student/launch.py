@@ -94,7 +94,7 @@ def launch(args: argparse.Namespace) -> int:
     from .distributed import check_gpus
     from .efficiency import resolve_bf16
     from .model import build_student, save_untrained
-    from .train import read_kept, resumable_checkpoint, train_student
+    from .train import claim_kept_only_once_trained, read_kept, resumable_checkpoint, train_student
     from .ulysses import repair_gloo_all_to_all
 
     quiet_library_loggers()
@@ -121,16 +121,17 @@ def launch(args: argparse.Namespace) -> int:
     if state.is_main_process:
         st.begin(args.force)
     state.wait_for_everyone()
-    resumable_checkpoint(st.folder)  # before any weights load: minutes for a 70B
-    kept = read_kept(run / "filtered" / "kept")  # so are the traces checked
-    guard = zero3_init_guard(st.folder, resolve_bf16(s.train.bf16))
-    model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
-    del guard
-    params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full sizes
-    # the eval stage's baseline
-    save_untrained(model, tokenizer, st.folder / "init", s, state.is_main_process)
-    metrics = train_student(model, tokenizer, s, kept, st.folder,
-                            sampling=recipe.teacher.sampling, teacher_model=teacher_model_path(recipe))
+    with claim_kept_only_once_trained(st, state.is_main_process):
+        resumable_checkpoint(st.folder)  # before any weights load: minutes for a 70B
+        kept = read_kept(run / "filtered" / "kept")  # so are the traces checked
+        guard = zero3_init_guard(st.folder, resolve_bf16(s.train.bf16))
+        model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
+        del guard
+        params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full sizes
+        # the eval stage's baseline
+        save_untrained(model, tokenizer, st.folder / "init", s, state.is_main_process)
+        metrics = train_student(model, tokenizer, s, kept, st.folder,
+                                sampling=recipe.teacher.sampling, teacher_model=teacher_model_path(recipe))
     if state.is_main_process:
         st.finish(inputs={"kept": str(run / "filtered" / "kept")},
                   counts={"parameters": params, "examples": metrics["examples"], "processes": processes},

@@ -448,6 +448,22 @@ def processes(n: int, kind: str = "") -> str:
     return f"{n} {kind}process{'es' if n != 1 else ''}"
 
 
+@contextlib.contextmanager
+def claim_kept_only_once_trained(stage: Any, main_process: bool = True) -> Iterator[None]:
+    """Release the train stage's claim on its folder when training fails before its first checkpoint.
+
+    Why: a run refused for its input (every trace longer than train.max_length, a tracker not installed) or
+    stopped before step save_steps has nothing to resume, yet its claim made the corrected rerun fail as "holds
+    output of stage 'train' made with a different config", leaving only a new --out or --force. With a checkpoint
+    the claim stays: resuming it under another config would mix two runs."""
+    try:
+        yield
+    except BaseException:
+        if main_process and not checkpoint_folders(stage.folder):
+            stage.release()
+        raise
+
+
 def checkpoint_folders(out_dir: Path) -> dict[int, Path]:
     """The Trainer's ``checkpoint-N`` folders in ``out_dir/checkpoints``, by step N, finished or not."""
     return {int(p.name.split("-")[1]): p for p in (Path(out_dir) / "checkpoints").glob("checkpoint-*")
