@@ -82,7 +82,9 @@ def cli(tmp_path: Path, *args: str, env: dict[str, str], timeout: float = 300) -
                                                 "pip install tensorboard, or leave tensorboard out of report_to"),
     ("[tensorboard,wandb]", "wandb", "asks for wandb, which is not installed: pip install wandb, or leave wandb out of "
                                    "report_to"),
-], ids=["tensorboard", "wandb"])
+    ("mlflow", "mlflow", "asks for mlflow, whose package is not installed here: pip install it, or leave mlflow out "
+                         "of report_to"),
+], ids=["tensorboard", "wandb", "mlflow"])
 def test_an_explicit_tracker_that_is_not_installed_is_one_error_before_the_student_is_built(tmp_path, report_to, hide,
                                                                                             says):
     """Before: ``error: internal error ModuleNotFoundError: No module named 'tensorboardX'`` (exit 1) once the
@@ -99,6 +101,17 @@ def test_an_explicit_tracker_that_is_not_installed_is_one_error_before_the_stude
         plan = cli(tmp_path, "student", "plan", "r1-distill-qwen-1.5b", "--set", f"train.report_to={report_to}",
                    env=env)
         assert plan.returncode == 0 and "GiB" in plan.stdout, plan.stderr[-3000:]
+
+
+def test_every_tracker_transformers_logs_to_is_checked():
+    """The other trackers are checked with transformers' own availability functions: each named one exists, and no
+    tracker transformers knows is left unchecked (a missing mlflow was a RuntimeError once the trainer was built)."""
+    from transformers.integrations import integration_utils
+
+    from distill.student.trackers import TRACKER_AVAILABLE
+
+    assert set(TRACKER_AVAILABLE) | {"tensorboard", "wandb"} == set(integration_utils.INTEGRATION_TO_CALLBACK)
+    assert all(callable(getattr(integration_utils, f)) for checks in TRACKER_AVAILABLE.values() for f in checks)
 
 
 def test_wandb_without_an_api_key_is_one_error_before_the_student_is_built(tmp_path):

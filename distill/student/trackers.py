@@ -58,9 +58,23 @@ def check_report_to(requested: str | Sequence[str]) -> None:
         raise DistillError("; ".join(problems), where="student.train.report_to")
 
 
+# transformers' own availability checks (transformers.integrations.integration_utils) of the other trackers it
+# logs to; flyte needs two packages
+TRACKER_AVAILABLE = {"azure_ml": ("is_azureml_available",), "comet_ml": ("is_comet_available",),
+                     "mlflow": ("is_mlflow_available",), "neptune": ("is_neptune_available",),
+                     "trackio": ("is_trackio_available",), "codecarbon": ("is_codecarbon_available",),
+                     "clearml": ("is_clearml_available",), "dagshub": ("is_dagshub_available",),
+                     "flyte": ("is_flytekit_available", "is_flyte_deck_standard_available"),
+                     "dvclive": ("is_dvclive_available",), "swanlab": ("is_swanlab_available",),
+                     "kubeflow": ("is_kubeflow_available",)}
+
+
 def tracker_problem(name: str) -> str | None:
-    """Why tracker ``name`` cannot log here, with the fix, or None when it can (trackers other than tensorboard and
-    wandb are left to transformers)."""
+    """Why tracker ``name`` cannot log here, with the fix, or None when it can.
+
+    Trackers other than tensorboard and wandb are checked with transformers' own availability test: left to
+    transformers, a missing mlflow stopped the run only when the trainer was built (after the student, its
+    untrained copy written), as a RuntimeError."""
     if name == "tensorboard" and not (installed("tensorboard") or installed("tensorboardX")):
         return ("asks for tensorboard, which is not installed (nor tensorboardX): pip install tensorboard, or leave "
                 "tensorboard out of report_to")
@@ -68,6 +82,12 @@ def tracker_problem(name: str) -> str | None:
         if not installed("wandb"):
             return "asks for wandb, which is not installed: pip install wandb, or leave wandb out of report_to"
         return wandb_login_problem()
+    if name in TRACKER_AVAILABLE:
+        from transformers.integrations import integration_utils
+
+        if not all(getattr(integration_utils, check)() for check in TRACKER_AVAILABLE[name]):
+            return (f"asks for {name}, whose package is not installed here: pip install it, or leave {name} out of "
+                    "report_to")
     return None
 
 
