@@ -75,6 +75,22 @@ def test_the_plan_refuses_layouts_the_launch_would_refuse():
     assert proc.stderr.startswith("error: train.parallel.sequence_parallel_size: sequence_parallel_size 8:")
 
 
+@pytest.mark.parametrize("ref,overrides,refusal", [
+    ("r1-distill-qwen-7b", ["train.parallel.context_parallel_size=2"], "context_parallel_size 2 is FSDP2 ring"),
+    ("r1-distill-llama-70b", ["train.parallel.context_parallel_size=1", "train.parallel.sequence_parallel_size=2"],
+     "sequence_parallel_size 2 is DeepSpeed Ulysses: .* not fsdp"),
+    ("r1-distill-qwen-7b", ["train.parallel.accelerate_config=configs/accelerate/ddp.yaml",
+                            "train.parallel.sequence_parallel_size=2"], "Ulysses: .* not a plain launch"),
+], ids=["ring-on-zero3", "ulysses-on-fsdp2", "ulysses-on-ddp"])
+def test_the_plan_refuses_long_context_parallelism_its_accelerate_config_cannot_run(ref, overrides, refusal):
+    """The launch refuses Ulysses outside DeepSpeed and ring attention outside FSDP2; the plan printed a memory
+    figure for such a recipe (the 7B's ring attention under its zero3.yaml planned as ZeRO-3 over 8 GPUs)."""
+    from distill.student import memory
+
+    with pytest.raises(DistillError, match=refusal):
+        memory.plan_recipe(_student(ref, *overrides))
+
+
 def test_suggested_sequence_parallel_sizes_are_ones_the_heads_and_processes_allow():
     """The plan's advice used to double the SP size whatever the student: 4 -> 8 for Qwen2.5-Math-7B's 28 heads."""
     from distill.student import memory

@@ -182,13 +182,15 @@ def parallelism_config(parallel: ParallelSettings, attn_implementation: str = "f
                              dp_shard_size=data_parallel_size(parallel))
 
 
-def check_long_context_launcher(parallel: ParallelSettings) -> None:
-    """Refuse sequence parallelism outside a DeepSpeed launch and context parallelism outside an FSDP one.
+def check_long_context_launcher(parallel: ParallelSettings, launcher: str | None = None) -> None:
+    """Refuse sequence parallelism outside a DeepSpeed launch and context parallelism outside an FSDP one;
+    ``launcher``: deepspeed, fsdp or anything else (a plain launch), by default the running launch's.
 
     Why here: check_gpus calls it before any weights load. The same refusal in parallelism_config came only when
     the trainer's arguments were built, after every rank had loaded the student (a 32B recipe's SP 2 launched
-    with fsdp2.yaml or ddp.yaml: minutes of loading, then this error)."""
-    launcher = launcher_kind()
+    with fsdp2.yaml or ddp.yaml: minutes of loading, then this error). `distill student plan` calls it with the
+    recipe's accelerate config's kind."""
+    launcher = launcher or launcher_kind()
     if parallel.sequence_parallel_size > 1 and launcher != "deepspeed":
         raise DistillError(f"sequence_parallel_size {parallel.sequence_parallel_size} is DeepSpeed Ulysses: "
                            "launch with a DeepSpeed config (configs/accelerate/zero2.yaml or zero3.yaml), not "

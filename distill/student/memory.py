@@ -227,9 +227,12 @@ def adapter_bytes_per_token(counts: ModelCounts, lora: Any) -> int:
 def plan_recipe(student: StudentConfig, teacher: str | None = None) -> MemoryPlan:
     """The plan of a recipe as written: its base's shape, its accelerate config over its nodes x GPUs, and for GKD
     its teacher (train.gkd.teacher, else ``teacher``: the run's)."""
-    from .distributed import check_ulysses_heads, data_parallel_size, gradient_accumulation
+    from .distributed import (check_long_context_launcher, check_ulysses_heads, data_parallel_size,
+                              gradient_accumulation)
 
     layout, processes = layout_of(student)
+    check_long_context_launcher(student.train.parallel, launcher="deepspeed" if layout.startswith("ZeRO") else
+                                "fsdp" if layout == "FSDP2" else "a plain launch")
     config = base_config(student)
     # a layout the launch would refuse is refused here too, not planned as if it would run: sequence/context
     # groups that do not divide the processes, a global batch they do not divide, heads Ulysses cannot split
