@@ -132,7 +132,8 @@ def teacher_filter(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny"), 
 @student_app.command("train")
 def student_train(recipe: RecipeArg = "tiny", out: OutOpt = Path("runs/tiny"), set_: SetOpt = None,
                   force: ForceOpt = False) -> None:
-    """SFT the recipe's student on RUN/filtered/kept with TRL (completion-only loss); RUN/student/model."""
+    """Train the recipe's student on RUN/filtered/kept with TRL: SFT (completion-only loss), or GKD logit
+    distillation (train.distill_method: gkd); RUN/student/model."""
     _run_stages(recipe, out, set_, force, ["train"])
 
 

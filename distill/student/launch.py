@@ -75,10 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     ``error:`` line and exit 2, anything else one ``error: internal error`` line and exit 1 (the traceback with
     DISTILL_DEBUG=1), never a traceback from every rank."""
     parser = _ArgumentParser(prog="python -m distill.student.launch", description=__doc__.splitlines()[0])
-    parser.add_argument("recipe")
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--force", action="store_true")
+    parser.add_argument("recipe", help="a recipes/ name or a recipe YAML path")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="the run folder (its filtered/ stage complete), on a filesystem every node shares")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. student.train.save_steps=100 (repeatable)")
+    parser.add_argument("--force", action="store_true", help="retrain from scratch, discarding RUN/student")
     args = parser.parse_args(argv)
 
     print_warnings_once()
