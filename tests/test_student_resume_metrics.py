@@ -77,3 +77,52 @@ def test_a_run_shorter_than_logging_steps_still_logs_its_loss(inputs, tmp_path):
     assert (tmp_path / "short" / "loss.png").exists()
     uneven = train(inputs, tmp_path / "uneven", max_steps=5, logging_steps=2)
     assert [step for step, _ in uneven["loss_curve"]] == [2, 4, 5]  # the curve reaches the last step
+
+
+# --- the loss curve and TensorBoard of a resumed run -----------------------------------------------------------------
+
+RESUMED_LOSS = dict(max_steps=8, save_steps=3, save_total_limit=5, logging_steps=4, learning_rate=2e-2)
+
+
+def test_a_resumed_run_reports_the_unbroken_runs_mean_loss(inputs, tmp_path):
+    """The Trainer logs the mean loss of the steps since its last log, and a resumed Trainer counts from the
+    checkpoint's step. With save_steps not a multiple of logging_steps (checkpoint-3, logs every 4 steps) the steps
+    between the last log and the checkpoint were logged by no one, and the first log after the resume covered only
+    the steps since the checkpoint while the run's mean weighed it as a full interval: train_loss differed."""
+    unbroken = train(inputs, tmp_path / "unbroken", **RESUMED_LOSS)
+    train(inputs, tmp_path / "out", **RESUMED_LOSS)
+    shutil.rmtree(tmp_path / "out" / "model")  # killed after checkpoint-3: the later checkpoints never written
+    for later in ("checkpoint-6", "checkpoint-8"):
+        shutil.rmtree(tmp_path / "out" / "checkpoints" / later)
+    resumed = train(inputs, tmp_path / "out", **RESUMED_LOSS)
+    assert resumed["resumed_from_step"] == 3
+    assert resumed["loss_curve"] == unbroken["loss_curve"]
+    assert resumed["train_loss"] == unbroken["train_loss"]
+    # the mean of every step's loss: each log is the mean of the steps since the one before
+    curve = [(0, None)] + unbroken["loss_curve"]
+    assert sum(step - prev for (prev, _), (step, _) in zip(curve, curve[1:])) == 8
+
+
+def logged_losses(out):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    return [(e.step, round(e.value, 5)) for e in events.Scalars("train/loss")]
+
+
+@pytest.mark.parametrize("kept_checkpoints", [2, 1])
+def test_a_resumed_or_restarted_run_logs_each_step_once_to_tensorboard(inputs, tmp_path, kept_checkpoints):
+    """A run killed after logging steps past its last checkpoint logs them again when it resumes, and one that dies
+    before its first checkpoint starts again at step 0: TensorBoard drew both attempts' points in one curve (steps
+    4-6 twice after resuming checkpoint-3; the whole curve twice after a restart)."""
+    settings = dict(max_steps=6, save_steps=3, report_to="tensorboard", save_total_limit=kept_checkpoints)
+    out = tmp_path / "out"
+    first = train(inputs, out, **settings)
+    # killed after step 6 was logged, before its checkpoint and model were written: the rerun resumes
+    # checkpoint-3 (two kept) or, with only checkpoint-6 kept, starts over at step 0
+    shutil.rmtree(out / "model")
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    again = train(inputs, out, **settings)
+    assert again["resumed_from_step"] == (3 if kept_checkpoints == 2 else 0)
+    assert logged_losses(out) == [(step, round(loss, 5)) for step, loss in first["loss_curve"]]
