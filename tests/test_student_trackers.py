@@ -182,7 +182,13 @@ def test_only_explicit_trackers_are_checked_and_only_on_the_main_process(monkeyp
     check_report_to("auto")
     check_report_to("none")
     assert trackers.resolve_report_to("auto") == []
-    check_report_to("mlflow")  # left to transformers
+    from transformers.integrations import integration_utils  # the other trackers: transformers' own checks
+
+    monkeypatch.setattr(integration_utils, "is_mlflow_available", lambda: True)
+    check_report_to("mlflow")
+    monkeypatch.setattr(integration_utils, "is_mlflow_available", lambda: False)
+    with pytest.raises(DistillError, match=r"^student\.train\.report_to: asks for mlflow, whose package is not "):
+        check_report_to("mlflow")
     with pytest.raises(DistillError, match=r"^student\.train\.report_to: asks for tensorboard, which is not "
                                            r"installed .*; asks for wandb, which is not installed: pip install wandb"):
         check_report_to(["tensorboard", "wandb", "tensorboard"])
