@@ -244,7 +244,7 @@ def stage_filter(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
 
 def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[str, Any]:
     from .student.model import build_student, parameter_count, save_untrained
-    from .student.train import claim_kept_only_once_trained, read_kept, train_student
+    from .student.train import claim_released_if_nothing_trained, read_kept, train_student
 
     s = recipe.student
     st = stage_spec("train", recipe, run)
@@ -254,7 +254,7 @@ def stage_train(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[
     check_student_inputs(recipe)
     kept = read_kept(run / "filtered" / "kept")  # checked before the student is built: minutes for a 70B
     st.begin(force)
-    with claim_kept_only_once_trained(st):
+    with claim_released_if_nothing_trained(st):
         model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
         save_untrained(model, tokenizer, st.folder / "init", s)
         metrics = train_student(model, tokenizer, s, kept, st.folder, sampling=recipe.teacher.sampling,
@@ -267,7 +267,7 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
     """The ablation: the same student, same settings, trained on every renderable trace (no correctness, format
     or dedup filtering), so the report shows what the filter buys."""
     from .student.model import build_student, save_untrained
-    from .student.train import claim_kept_only_once_trained, read_kept, train_student
+    from .student.train import claim_released_if_nothing_trained, read_kept, train_student
 
     st = stage_spec("train_unfiltered", recipe, run)
     if st is None:  # not recipe.compare_unfiltered
@@ -295,7 +295,7 @@ def stage_train_unfiltered(recipe: ResolvedRecipe, run: Path, force: bool = Fals
             store.append(usable)
         partial.rename(data)
     kept = read_kept(data)
-    with claim_kept_only_once_trained(st):
+    with claim_released_if_nothing_trained(st):
         model, tokenizer = build_student(s, teacher_model_path(recipe), seed=s.train.seed)
         save_untrained(model, tokenizer, st.folder / "init", s)
         metrics = train_student(model, tokenizer, s, kept, st.folder, sampling=recipe.teacher.sampling,
@@ -313,7 +313,6 @@ def stage_quantize(recipe: ResolvedRecipe, run: Path, force: bool = False) -> di
     if st.is_complete() and not force:
         return st.reused()
     need(run / "student")
-    check_plain_student(recipe)
     st.begin(force)
     info = quantize(run / "student" / "model", st.folder / "model", method)
     return st.finish(inputs={"model": str(run / "student" / "model")}, counts=info)
@@ -347,7 +346,6 @@ def stage_eval(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict[s
     if st.is_complete() and not force:
         return st.reused()
     need(run / "student")
-    check_plain_student(recipe)
     if recipe.export.quantize != "none":
         need(run / "quantized")
     if recipe.compare_unfiltered:
@@ -369,7 +367,6 @@ def stage_export(recipe: ResolvedRecipe, run: Path, force: bool = False) -> dict
     if st.is_complete() and not force:
         return st.reused()
     need(run / "eval")
-    check_plain_student(recipe)
     st.begin(force)
     results = read_json(run / "eval" / "manifest.json")["results"]
     kept = read_json(run / "filtered" / "manifest.json")["counts"]["kept"]
@@ -410,7 +407,7 @@ def run_pipeline(recipe: ResolvedRecipe, run: Path, *, force: bool = False,
     if not force:
         check_claims(recipe, run, names)
     if any(name in names for name in ("quantize", "eval", "export")):
-        check_plain_student(recipe)  # before the teacher generates and the student trains
+        check_plain_student(recipe)  # here, the stages' one caller: before the teacher generates and trains
     if any((st := stage_spec(name, recipe, run)) is not None and (force or not st.is_complete())
            for name in ("train", "train_unfiltered") if name in names):
         check_student_inputs(recipe)  # a tracker that cannot log, a GKD teacher or tokenizer missing: before the

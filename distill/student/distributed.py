@@ -102,13 +102,17 @@ def gradient_accumulation(t: TrainConfig, world: int | None = None) -> int:
     return t.global_batch_size // per_step
 
 
+def attention_heads(config: Any) -> tuple[int, int]:
+    """(query heads, key/value heads) of a model config (its text part for a multimodal one)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return text.num_attention_heads, getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+
+
 def ulysses_sizes(config: Any, processes: int | None = None) -> list[int]:
     """The sequence_parallel_size values (2 and up) DeepSpeed Ulysses can split ``config``'s attention into: each
     GPU of a group takes an equal share of the query heads, and of the key/value heads (or, with fewer KV heads than
     GPUs, a replica of one); with ``processes``, only sizes that also divide them."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = text.num_attention_heads
-    kv = getattr(text, "num_key_value_heads", None) or heads
+    heads, kv = attention_heads(config)
     return [sp for sp in range(2, heads + 1) if heads % sp == 0 and (kv % sp == 0 or sp % kv == 0)
             and (processes is None or processes % sp == 0)]
 
@@ -121,15 +125,10 @@ def check_ulysses_heads(parallel: ParallelSettings, config: Any) -> None:
     when accelerate prepares the model, i.e. after every rank has loaded its weights (minutes for a 32B), and
     `distill student plan` planned it as if it would run: Qwen2.5-Math-7B's 28 heads (4 KV heads) take SP 2, 4 or 28,
     not 8; Qwen2.5-Math-1.5B's 12 heads (2 KV heads) not 8 either."""
-    sp = parallel.sequence_parallel_size
-    if sp == 1:
+    sp, sizes = parallel.sequence_parallel_size, ulysses_sizes(config)
+    if sp == 1 or sp in sizes:
         return
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = text.num_attention_heads
-    kv = getattr(text, "num_key_value_heads", None) or heads
-    if heads % sp == 0 and (kv % sp == 0 or sp % kv == 0):
-        return
-    sizes = ulysses_sizes(config)
+    heads, kv = attention_heads(config)
     raise DistillError(f"sequence_parallel_size {sp}: DeepSpeed Ulysses splits the attention heads evenly over the "
                        f"GPUs of a group, and the student has {heads} query and {kv} key/value heads; it takes "
                        + (", ".join(map(str, sizes)) if sizes else "no sequence parallelism"),

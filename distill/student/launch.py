@@ -96,7 +96,7 @@ def launch(args: argparse.Namespace) -> int:
     from .distributed import check_gpus
     from .efficiency import resolve_bf16
     from .model import build_student, save_untrained
-    from .train import claim_kept_only_once_trained, read_kept, resumable_checkpoint, train_student
+    from .train import claim_released_if_nothing_trained, read_kept, resumable_checkpoint, train_student
     from .ulysses import repair_gloo_all_to_all
 
     quiet_library_loggers()
@@ -123,7 +123,7 @@ def launch(args: argparse.Namespace) -> int:
     if state.is_main_process:
         st.begin(args.force)
     state.wait_for_everyone()
-    with claim_kept_only_once_trained(st, state.is_main_process):
+    with claim_released_if_nothing_trained(st, state.is_main_process):
         resumable_checkpoint(st.folder)  # before any weights load: minutes for a 70B
         kept = read_kept(run / "filtered" / "kept")  # so are the traces checked
         guard = zero3_init_guard(st.folder, resolve_bf16(s.train.bf16))

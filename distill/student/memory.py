@@ -231,8 +231,8 @@ def plan_recipe(student: StudentConfig, teacher: str | None = None) -> MemoryPla
                               gradient_accumulation)
 
     layout, processes = layout_of(student)
-    check_long_context_launcher(student.train.parallel, launcher="deepspeed" if layout.startswith("ZeRO") else
-                                "fsdp" if layout == "FSDP2" else "a plain launch")
+    launcher, _, _ = _accelerate_config_kind(student.train.parallel.accelerate_config)
+    check_long_context_launcher(student.train.parallel, launcher=launcher or "a plain launch")
     config = base_config(student)
     # a layout the launch would refuse is refused here too, not planned as if it would run: sequence/context
     # groups that do not divide the processes, a global batch they do not divide, heads Ulysses cannot split

@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -87,21 +87,29 @@ def kept_records(kept_dir: str | Path, left_out: list[str] | None = None,
             recs.append(rec)
             if places is not None:
                 places.append(f"{shard}:{lineno}")
-    if not recs and left_out:
-        raise DistillError(f"every one of the {len(left_out):,} kept traces holds a chat-format marker as text, e.g. "
-                           f"{left_out[0]}", where=str(kept_dir))
+    report_left_out(left_out or [], len(recs), kept_dir, "a chat-format marker",
+                    "each would train as a control token (an EOS mid-trace teaches the student to stop there)")
     if not recs:  # a store is read as its shard files only: data.jsonl beside them is not part of it
         shards = ShardedJsonlStore(kept_dir).shards()
         raise DistillError("no kept traces to train on" + ("" if shards else f" (no {SHARD_GLOB} files in the folder)"),
                            where=str(kept_dir))
-    if left_out and distributed.is_main_process():
+    return recs
+
+
+def report_left_out(left_out: list[str], kept: int, folder: str | Path, holds: str, effect: str) -> None:
+    """Traces left out for holding ``holds`` as text (``left_out``: each ``"FILE:LINE: why"``) beside ``kept`` that
+    stay: when none stays, one error naming the first; else one warning from the main process."""
+    if not left_out:
+        return
+    if not kept:
+        raise DistillError(f"every one of the {len(left_out):,} kept traces holds {holds} as text, e.g. "
+                           f"{left_out[0]}", where=str(folder))
+    if distributed.is_main_process():
         from ..progress import console
 
-        console.print(f"train: {len(left_out):,} of {len(recs) + len(left_out):,} traces hold a chat-format marker "
-                      "as text and are left out: each would train as a control token (an EOS mid-trace teaches the "
-                      f"student to stop there; first: {left_out[0]})",
+        console.print(f"train: {len(left_out):,} of {kept + len(left_out):,} traces hold {holds} as text and are "
+                      f"left out: {effect}; first: {left_out[0]}",
                       style="yellow", highlight=False, soft_wrap=True)  # the file:line unbroken
-    return recs
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,7 @@ class KeptTraces:
     folder: Path
     records: list[dict[str, Any]]
     left_out: list[str]
-    places: list[str] = field(default_factory=list)  # each record's "FILE:LINE"
+    places: list[str]  # each record's "FILE:LINE"
 
     def without_control_text(self, tokenizer: Any) -> "KeptTraces":
         """These traces less those whose text holds one of the student tokenizer's own control tokens
@@ -127,24 +135,17 @@ class KeptTraces:
         if not tokens:
             return self
         records, places, left = [], [], []
-        for rec, place in zip(self.records, self.places or [str(self.folder)] * len(self.records)):
-            key = next((k for k in TRACE_FIELDS if token_in_text(rec[k], tokens)), None)
-            if key is None:
+        for rec, place in zip(self.records, self.places):
+            hit = next(((key, token) for key in TRACE_FIELDS if (token := token_in_text(rec[key], tokens))), None)
+            if hit is None:
                 records.append(rec)
                 places.append(place)
             else:
-                left.append(f"{place}: its {key} holds {token_in_text(rec[key], tokens)!r}")
+                left.append(f"{place}: its {hit[0]} holds {hit[1]!r}")
         if not left:
             return self
-        if not records:
-            raise DistillError(f"every one of the {len(left):,} kept traces holds one of the student tokenizer's "
-                               f"control tokens as text, e.g. {left[0]}", where=str(self.folder))
-        if distributed.is_main_process():
-            from ..progress import console
-
-            console.print(f"train: {len(left):,} of {len(self.records):,} traces hold one of the student "
-                          "tokenizer's own control tokens as text and are left out: each would train as that token "
-                          f"(first: {left[0]})", style="yellow", highlight=False, soft_wrap=True)
+        report_left_out(left, len(records), self.folder, "one of the student tokenizer's own control tokens",
+                        "each would train as that token")
         return replace(self, records=records, places=places, left_out=self.left_out + left)
 
 
@@ -449,7 +450,7 @@ def processes(n: int, kind: str = "") -> str:
 
 
 @contextlib.contextmanager
-def claim_kept_only_once_trained(stage: Any, main_process: bool = True) -> Iterator[None]:
+def claim_released_if_nothing_trained(stage: Any, main_process: bool = True) -> Iterator[None]:
     """Release the train stage's claim on its folder when training fails before its first checkpoint.
 
     Why: a run refused for its input (every trace longer than train.max_length, a tracker not installed) or
@@ -473,7 +474,7 @@ def checkpoint_folders(out_dir: Path) -> dict[int, Path]:
 def has_complete_checkpoint(out_dir: Path) -> bool:
     """Whether training in ``out_dir`` will resume (a complete checkpoint exists) rather than start at step 0; it
     reads only, where :func:`last_checkpoint` also removes the incomplete ones."""
-    return any(_unfinished_because(p) is None for p in checkpoint_folders(out_dir).values())
+    return newest_complete_step(out_dir) > 0
 
 
 def newest_complete_step(out_dir: Path) -> int:
