@@ -32,9 +32,9 @@
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 RUN=${RUN:-.gpu/run}
-# The default is every part but mfu32k: on the H200 (2026-11-29) about 500 s with the wheels' install (~30 s),
-# varlen ~25 s, the four MFU variants ~100 s, packing with its padded twin ~65 s, pipeline ~70 s, qlora with its
-# eval ~55 s, fsdp2 ~40 s, gkd ~80 s (README). What BUDGET cannot fit is skipped, gkd first; a subset reruns it.
+# The default is every part but mfu32k. On the H200 (2026-11-29, measured over two calls) its parts' times add up
+# to about 500 s: the wheels' install ~30 s, varlen ~25 s, the four MFU variants ~100 s, packing with its padded
+# twin ~65 s, pipeline ~70 s, qlora with its eval ~55 s, fsdp2 ~40 s, gkd ~80 s (README). What BUDGET cannot fit is skipped, gkd first; a subset reruns it.
 PARTS=${PARTS:-varlen mfu packing pipeline qlora fsdp2 gkd}
 BUDGET=${BUDGET:-540}
 PY=${PY:-python3}
